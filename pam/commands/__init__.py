@@ -1,0 +1,1 @@
+"""One module per `pam` subcommand; see pam.cli for the contract."""
