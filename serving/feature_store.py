@@ -1,0 +1,338 @@
+"""The read side of the feature table, used by the online service.
+
+    store = FeatureStore.open(root)                  # the CURRENT version (or model_version=...)
+    found, missing = store.lookup(["a.jpg", "b.jpg", "nope.jpg"])
+    found.aes_feat          # float32 [n, 176] in the order asked, unknown and failed ids skipped
+    found.failed            # {image_id: reason} for ids known but whose photo could not be scored
+    missing                 # ["nope.jpg"]: ids the store has never seen
+    store.add_online(ids, backend.score(images), model_version=backend.model_version)
+    store.refresh()         # follow CURRENT / a re-run of the version; atomic, never mixes versions
+
+A version is served from its `_index.arrow` (rows sorted by id, ids as fixed-width byte keys),
+memory-mapped when local: replicas on one node share the pages, opening costs milliseconds, and a
+lookup is one np.searchsorted over the keys plus a gather (no Python loop per id). The batch job
+writes the index; when it is absent or stale the store builds it (and saves it when the root is a
+local directory). Rows scored online live in <root>/online/<version>/ as small Parquet files; a
+lookup that misses the batch rows checks them, re-listing that directory first, so rows added by
+another replica or process become visible without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from personalize.features import AES_FEAT_DIM, FEATURE_NAMES, N_ATTRIBUTES, N_CONTENT
+from serving import feature_table as ft
+
+_WIDTHS = {"aes_feat": AES_FEAT_DIM, "attributes": N_ATTRIBUTES, "content": N_CONTENT}
+
+
+@dataclass
+class FeatureRows:
+    """Feature rows in the order asked. `failed` maps ids known but unscorable to their reason."""
+
+    image_ids: list[str]
+    aes_score: np.ndarray   # float32 [n]
+    aes_feat: np.ndarray    # float32 [n, 176]
+    attributes: np.ndarray  # float32 [n, 10]
+    content: np.ndarray     # float32 [n, 10]
+    model_version: str
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def features(self) -> dict[str, np.ndarray]:
+        """The backend-shaped dict (aes_score, aes_feat, attributes, content)."""
+        return {name: getattr(self, name) for name in FEATURE_NAMES}
+
+
+class _Segment:
+    """Sorted fixed-width id keys plus numpy views of the feature columns of one index table."""
+
+    def __init__(self, index: pa.Table, source: object = None):
+        self._source = source  # keeps a memory map alive as long as the views
+        self.table = index
+        n = index.num_rows
+        self.n = n
+        keys = _single_chunk(index.column("key"))
+        self.width = keys.type.byte_width
+        self.keys = _view(keys, f"S{self.width}", 1, self.width)
+        self.aes_score = _view(_single_chunk(index.column("aes_score")), np.float32, 1, 4)
+        for name in ("aes_feat", "attributes", "content"):
+            setattr(self, name, _list_view(_single_chunk(index.column(name)), _WIDTHS[name]))
+        self.errors = _single_chunk(index.column("error"))
+        self.failed = self.errors.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+
+    def find(self, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """(hit mask, row positions) for each queried id."""
+        if self.n == 0:
+            return np.zeros(len(ids), bool), np.zeros(len(ids), np.intp)
+        queries = ft.id_keys(ids, width=self.width, strict=False)
+        positions = np.minimum(np.searchsorted(self.keys, queries), self.n - 1)
+        hit = (self.keys[positions] == queries) & (queries != b"")
+        return hit, positions
+
+    def ids(self) -> list[str]:
+        return [k.decode("utf-8") for k in self.keys.tolist()]
+
+
+def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _view(array: pa.Array, dtype, per_row: int, itemsize: int) -> np.ndarray:
+    """A zero-copy numpy view of a fixed-width Arrow array's data buffer (nulls hold garbage)."""
+    buffer = array.buffers()[1]
+    if buffer is None or len(array) == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.frombuffer(buffer, dtype=dtype, count=len(array), offset=array.offset * itemsize)
+
+
+def _list_view(array: pa.FixedSizeListArray, width: int) -> np.ndarray:
+    if len(array) == 0:
+        return np.zeros((0, width), np.float32)
+    child = array.values  # ignores the parent's offset; null rows keep their slots
+    values = np.frombuffer(child.buffers()[1], dtype=np.float32, count=len(child), offset=child.offset * 4)
+    return values.reshape(-1, width)[array.offset:array.offset + len(array)]
+
+
+@dataclass
+class _Snapshot:
+    """Everything one version serves; swapped as a whole so a lookup never mixes versions."""
+
+    model_version: str
+    digest: str
+    batch: _Segment
+    online_rows: pa.Table      # feature-schema rows scored online, in the order written
+    online: _Segment           # their index (first row per id wins)
+    online_files: frozenset[str]
+    online_new: int            # online ids that are not among the batch rows
+
+
+class FeatureStore:
+    """Vectorised id lookups over one complete model version (see the module docstring)."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str, model_version: str | None, follow_current: bool):
+        self._fs = fs
+        self._root = root
+        self._follow_current = follow_current
+        self._lock = threading.RLock()
+        self._snap = self._load(model_version or ft.current_version(root, fs))
+
+    @classmethod
+    def open(cls, root: str, model_version: str | None = None,
+             filesystem: pafs.FileSystem | None = None) -> FeatureStore:
+        """Open a complete version (None = whatever CURRENT names, followed on refresh())."""
+        fs, root_path = ft.resolve(root, filesystem)
+        return cls(fs, root_path, model_version, follow_current=model_version is None)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def model_version(self) -> str:
+        return self._snap.model_version
+
+    @property
+    def root(self) -> str:
+        return self._root
+
+    def __len__(self) -> int:
+        snap = self._snap
+        return snap.batch.n + snap.online_new
+
+    def lookup(self, image_ids: Sequence[str]) -> tuple[FeatureRows, list[str]]:
+        """Feature rows of the known, scored ids in the order asked; and the unknown ids.
+
+        Ids known but failed (`error` set) are in neither list's rows: they are in found.failed.
+        """
+        snap = self._snap
+        ids = pa.array(image_ids, type=pa.string())
+        hit_b, pos_b = snap.batch.find(ids)
+        if not hit_b.all():
+            snap = self._refresh_online(snap)
+        hit_o, pos_o = snap.online.find(ids)
+        hit_o &= ~hit_b
+        failed_b = hit_b & snap.batch.failed[pos_b] if snap.batch.n else hit_b
+        failed_o = hit_o & snap.online.failed[pos_o] if snap.online.n else hit_o
+        ok_b, ok_o = hit_b & ~failed_b, hit_o & ~failed_o
+        ok = ok_b | ok_o
+        id_objects = np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object)
+        rows = {}
+        for name in FEATURE_NAMES:
+            width = _WIDTHS.get(name)
+            out = np.empty((len(ids),) if width is None else (len(ids), width), np.float32)
+            out[ok_b] = getattr(snap.batch, name)[pos_b[ok_b]]
+            out[ok_o] = getattr(snap.online, name)[pos_o[ok_o]]
+            rows[name] = out[ok]
+        failed = {}
+        for segment, mask, positions in ((snap.batch, failed_b, pos_b), (snap.online, failed_o, pos_o)):
+            if mask.any():
+                reasons = segment.errors.take(pa.array(positions[mask])).to_pylist()
+                failed.update(zip(id_objects[mask].tolist(), reasons, strict=True))
+        missing = id_objects[~(hit_b | hit_o)].tolist()
+        found = FeatureRows(image_ids=id_objects[ok].tolist(), model_version=snap.model_version,
+                            failed=failed, **rows)
+        return found, missing
+
+    def image_ids(self) -> list[str]:
+        """Every id this version knows (batch then online rows), failed ones included."""
+        snap = self._snap
+        online = snap.online.ids()
+        if snap.online.n and snap.batch.n:
+            hit, _ = snap.batch.find(pa.array(online, pa.string()))
+            online = [i for i, h in zip(online, hit.tolist(), strict=True) if not h]
+        return snap.batch.ids() + online
+
+    # ------------------------------------------------------------------ online rows
+    def add_online(self, image_ids: Sequence[str], features: Mapping[str, np.ndarray] | None,
+                   errors: Sequence[str | None] | None = None, model_version: str | None = None) -> int:
+        """Persist rows scored online (one atomic file) and make them visible at once.
+
+        model_version: the version that scored them; refused unless it is the store's version.
+        Returns the number of rows written.
+        """
+        snap = self._snap
+        if model_version is not None and model_version != snap.model_version:
+            raise ValueError(f"rows scored by {model_version!r} cannot join the store of {snap.model_version!r}")
+        if len(image_ids) == 0:
+            return 0
+        table = ft.feature_table(list(image_ids), features, snap.model_version, errors)
+        name = f"{ft.PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        ft.write_atomic(self._fs, ft.join(ft.online_dir(self._root, snap.model_version), name),
+                        ft.parquet_bytes(table, crop_policy="online"))
+        with self._lock:
+            current = self._snap
+            if current.model_version == snap.model_version:
+                self._snap = self._with_online(current, current.online_files | {name}, table)
+        return table.num_rows
+
+    def compact_online(self) -> int:
+        """Merge the online files of this version into one (atomic); returns how many it merged."""
+        with self._lock:
+            snap = self._refresh_online(self._snap)
+            names = sorted(snap.online_files)
+            if len(names) < 2:
+                return 0
+            directory = ft.online_dir(self._root, snap.model_version)
+            table = self._read_online(directory, names)
+            merged = f"{ft.PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:12]}-merged.parquet"
+            ft.write_atomic(self._fs, ft.join(directory, merged), ft.parquet_bytes(table, "online"))
+            for name in names:
+                self._fs.delete_file(ft.join(directory, name))
+            empty = snap.online_rows.schema.empty_table()
+            self._snap = self._with_online(snap, frozenset({merged}), table, replace=empty)
+            return len(names)
+
+    # ------------------------------------------------------------------ versions
+    def refresh(self) -> bool:
+        """Reload when CURRENT points elsewhere or the version's manifest changed (re-run).
+
+        The new version is loaded completely before one reference swap: lookups running meanwhile
+        see the old version whole, later ones the new version whole. Returns True if it switched.
+        """
+        snap = self._snap
+        version = ft.current_version(self._root, self._fs) if self._follow_current else snap.model_version
+        digest = ft.read_manifest(self._root, version, self._fs)["digest"]
+        if version == snap.model_version and digest == snap.digest:
+            self._refresh_online(snap)
+            return False
+        new = self._load(version)
+        with self._lock:
+            self._snap = new
+        return True
+
+    def close(self) -> None:
+        self._snap = None
+
+    # ------------------------------------------------------------------ loading
+    def _load(self, version: str) -> _Snapshot:
+        manifest = ft.read_manifest(self._root, version, self._fs)
+        batch = self._open_index(version, manifest)
+        empty_rows = ft.FEATURE_SCHEMA.empty_table()
+        empty = _Segment(ft.index_table(empty_rows, "", version))
+        snap = _Snapshot(version, manifest["digest"], batch, empty_rows, empty, frozenset(), 0)
+        return self._refresh_online(snap, install=False)
+
+    def _open_index(self, version: str, manifest: Mapping) -> _Segment:
+        path = ft.join(ft.version_dir(self._root, version), ft.INDEX_NAME)
+        segment = self._read_index(path, manifest["digest"])
+        if segment is not None:
+            return segment
+        table = ft.read_parts(self._root, version, [p["name"] for p in manifest["parts"]], filesystem=self._fs)
+        index = ft.index_table(table, manifest["digest"], version)
+        if ft.is_local(self._fs):
+            try:
+                ft.write_index(self._root, version, self._fs, manifest)
+            except OSError:
+                return _Segment(index)  # a read-only root: serve from memory
+            segment = self._read_index(path, manifest["digest"])
+            if segment is not None:
+                return segment
+        return _Segment(index)
+
+    def _read_index(self, path: str, digest: str) -> _Segment | None:
+        try:
+            if ft.is_local(self._fs):
+                source = pa.memory_map(ft._local_path(self._fs, path), "r")
+            else:
+                source = pa.BufferReader(ft.read_bytes(self._fs, path))
+        except (FileNotFoundError, OSError):
+            return None
+        reader = pa.ipc.open_file(source)
+        meta = reader.schema.metadata or {}
+        if meta.get(ft.META_MANIFEST_DIGEST, b"").decode() != digest:
+            return None  # built for an earlier manifest of this version
+        return _Segment(reader.read_all(), source)
+
+    def _list_online(self, version: str) -> frozenset[str]:
+        directory = ft.online_dir(self._root, version)
+        infos = self._fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+        return frozenset(i.base_name for i in infos if i.type == pafs.FileType.File
+                         and i.base_name.startswith(ft.PART_PREFIX) and i.base_name.endswith(".parquet"))
+
+    def _read_online(self, directory: str, names: Sequence[str]) -> pa.Table:
+        tables = []
+        for name in names:
+            try:
+                table = pq.read_table(ft.join(directory, name), filesystem=self._fs,
+                                      columns=list(ft.FEATURE_COLUMNS))
+            except FileNotFoundError:
+                continue  # merged away by a concurrent compaction: its rows are in the merged file
+            tables.append(ft.check_table(table).replace_schema_metadata(None))
+        return pa.concat_tables(tables) if tables else ft.FEATURE_SCHEMA.empty_table()
+
+    def _refresh_online(self, snap: _Snapshot, install: bool = True) -> _Snapshot:
+        """Pick up online files written since `snap` (by any process)."""
+        names = self._list_online(snap.model_version)
+        new_names = sorted(names - snap.online_files)
+        if not new_names:
+            return snap
+        directory = ft.online_dir(self._root, snap.model_version)
+        new = self._with_online(snap, snap.online_files | names, self._read_online(directory, new_names))
+        if install:
+            with self._lock:
+                if self._snap is snap:
+                    self._snap = new
+        return new
+
+    def _with_online(self, snap: _Snapshot, names: frozenset[str], added: pa.Table | None = None,
+                     replace: pa.Table | None = None) -> _Snapshot:
+        rows = replace if replace is not None else snap.online_rows
+        if added is not None and added.num_rows:
+            rows = pa.concat_tables([rows, added.replace_schema_metadata(None)])
+        online = _Segment(ft.index_table(rows, "", snap.model_version))
+        new_ids = online.n
+        if online.n and snap.batch.n:
+            in_batch, _ = snap.batch.find(pa.array(online.ids(), pa.string()))
+            new_ids = int((~in_batch).sum())
+        return _Snapshot(snap.model_version, snap.digest, snap.batch, rows, online, frozenset(names), new_ids)

@@ -1,0 +1,157 @@
+"""FeatureStore: vectorised lookups over the memory-mapped index, online rows, version switches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving import feature_table as ft
+from serving.feature_store import FeatureStore
+from tests.batch.test_feature_table import make_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def publish(root, version, rng, n=200, prefix="img", failed=(), parts=2, current=True):
+    ids, features, errors = make_rows(n, rng, prefix=prefix, failed=failed)
+    table = ft.feature_table(ids, features, version, errors)
+    step = -(-n // parts)
+    infos = [ft.write_part(str(root), table.slice(i, step)) for i in range(0, n, step)]
+    ft.write_manifest(str(root), version, infos, crop_policy="test")
+    ft.write_index(str(root), version)
+    if current:
+        ft.set_current(str(root), version)
+    return ids, features
+
+
+def test_lookup_returns_rows_in_order_asked(tmp_path, rng):
+    ids, features = publish(tmp_path, "v1", rng, failed={3})
+    store = FeatureStore.open(str(tmp_path))
+    assert store.model_version == "v1" and len(store) == 200
+    asked = [ids[10], "unknown.jpg", ids[3], ids[199], ids[0], ids[10], "另一个.jpg"]
+    found, missing = store.lookup(asked)
+    assert found.image_ids == [ids[10], ids[199], ids[0], ids[10]]
+    assert missing == ["unknown.jpg", "另一个.jpg"]
+    assert found.failed == {ids[3]: "corrupt: truncated"}  # known but failed: neither found nor missing
+    rows = [10, 199, 0, 10]
+    for name in ("aes_score", "aes_feat", "attributes", "content"):
+        np.testing.assert_array_equal(getattr(found, name), features[name][rows].astype(np.float32))
+    assert found.aes_feat.shape == (4, 176) and found.attributes.shape == (4, 10)
+    assert found.features["content"].shape == (4, 10)
+    empty, missing = store.lookup([])
+    assert len(empty) == 0 and missing == [] and empty.aes_feat.shape == (0, 176)
+
+
+def test_index_is_memory_mapped(tmp_path, rng):
+    publish(tmp_path, "v1", rng)
+    store = FeatureStore.open(str(tmp_path))
+    segment = store._snap.batch
+    assert not segment.aes_feat.flags.owndata and not segment.aes_feat.flags.writeable  # a view of the map
+    assert segment.keys.dtype.kind == "S"
+
+
+def test_stale_or_missing_index_is_rebuilt(tmp_path, rng):
+    ids, _ = publish(tmp_path, "v1", rng, n=20)
+    (tmp_path / "v1" / ft.INDEX_NAME).unlink()
+    assert FeatureStore.open(str(tmp_path)).lookup([ids[5]])[0].image_ids == [ids[5]]
+    assert (tmp_path / "v1" / ft.INDEX_NAME).exists()
+    # a re-run adds a part and rewrites the manifest: the old index no longer matches it
+    more_ids, features, errors = make_rows(5, rng, prefix="more")
+    extra = ft.write_part(str(tmp_path), ft.feature_table(more_ids, features, "v1", errors))
+    parts = [ft.PartInfo(**p) for p in ft.read_manifest(str(tmp_path), "v1")["parts"]]
+    ft.write_manifest(str(tmp_path), "v1", [*parts, extra])
+    store = FeatureStore.open(str(tmp_path))
+    assert len(store) == 25 and store.lookup([more_ids[2]])[1] == []
+
+
+def test_duplicate_rows_are_served_once(tmp_path, rng):
+    ids, features, errors = make_rows(10, rng)
+    table = ft.feature_table(ids, features, "v1", errors)
+    parts = [ft.write_part(str(tmp_path), table, name="part-a.parquet"),
+             ft.write_part(str(tmp_path), table.slice(0, 4), name="part-b.parquet")]
+    ft.write_manifest(str(tmp_path), "v1", parts)
+    store = FeatureStore.open(str(tmp_path), model_version="v1")
+    assert len(store) == 10 and len(store.lookup(ids)[0]) == 10
+
+
+def test_online_rows_are_persisted_and_visible_to_other_processes(tmp_path, rng):
+    publish(tmp_path, "v1", rng, n=20)
+    store = FeatureStore.open(str(tmp_path))
+    other = FeatureStore.open(str(tmp_path))
+    new_ids, features, _ = make_rows(3, rng, prefix="online")
+    assert other.lookup(new_ids)[1] == new_ids
+    with pytest.raises(ValueError, match="cannot join"):
+        store.add_online(new_ids, features, model_version="v0")
+    assert store.add_online(new_ids, features, model_version="v1") == 3
+    assert store.lookup(new_ids)[0].image_ids == new_ids and len(store) == 23
+    found, missing = other.lookup([*new_ids, "x"])  # another replica sees them without a restart
+    assert found.image_ids == new_ids and missing == ["x"]
+    np.testing.assert_array_equal(found.aes_feat, features["aes_feat"].astype(np.float32))
+
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from serving.feature_store import FeatureStore
+        store = FeatureStore.open({str(tmp_path)!r})
+        f = {{"aes_score": np.ones(1), "aes_feat": np.ones((1, 176)), "attributes": np.zeros((1, 10)),
+             "content": np.full((1, 10), 0.1)}}
+        store.add_online(["from-another-process.jpg"], f)
+        store.add_online(["bad-upload.jpg"], None, errors=["not_an_image: no decoder recognises these bytes"])
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT)
+    found, missing = store.lookup(["from-another-process.jpg", "bad-upload.jpg"])
+    assert found.image_ids == ["from-another-process.jpg"] and missing == []
+    assert found.failed == {"bad-upload.jpg": "not_an_image: no decoder recognises these bytes"}
+    # compaction keeps every row and leaves one file
+    assert store.compact_online() == 3  # files merged
+    assert len(list((tmp_path / "online" / "v1").iterdir())) == 1
+    assert len(other.lookup([*new_ids, "from-another-process.jpg"])[0]) == 4
+    assert len(FeatureStore.open(str(tmp_path))) == 25
+
+
+def test_version_switch_is_atomic_and_rolls_back(tmp_path, rng):
+    v1_ids, _ = publish(tmp_path, "v1", rng, n=50, prefix="a")
+    store = FeatureStore.open(str(tmp_path))
+    v2_ids, v2_features = publish(tmp_path, "v2", rng, n=60, prefix="b", current=False)
+    assert store.refresh() is False  # CURRENT still names v1
+    pinned = FeatureStore.open(str(tmp_path), model_version="v1")
+
+    errors = []
+    stop = threading.Event()
+
+    def reader():  # a lookup sees all of one version or all of the other, never a mix
+        while not stop.is_set():
+            found, _missing = store.lookup(v1_ids[:5] + v2_ids[:5])
+            if sorted(found.image_ids) not in (sorted(v1_ids[:5]), sorted(v2_ids[:5])):
+                errors.append(found.image_ids)
+            if found.model_version not in ("v1", "v2"):
+                errors.append(found.model_version)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    ft.set_current(str(tmp_path), "v2")
+    assert store.refresh() is True
+    stop.set()
+    thread.join()
+    assert not errors
+    assert store.model_version == "v2" and len(store) == 60
+    np.testing.assert_array_equal(store.lookup([v2_ids[7]])[0].aes_feat[0], v2_features["aes_feat"][7].astype(np.float32))
+    assert pinned.refresh() is False and pinned.model_version == "v1"
+    with pytest.raises(ValueError, match="cannot join"):
+        store.add_online(["x"], None, errors=["e"], model_version="v1")
+    ft.rollback(str(tmp_path))
+    assert store.refresh() is True and store.model_version == "v1"
+
+
+def test_open_refuses_incomplete_versions(tmp_path, rng):
+    ids, features, errors = make_rows(5, rng)
+    ft.write_part(str(tmp_path), ft.feature_table(ids, features, "v1", errors))
+    with pytest.raises(ft.IncompleteVersionError):
+        FeatureStore.open(str(tmp_path), model_version="v1")
+    with pytest.raises(ft.NoCurrentVersionError):
+        FeatureStore.open(str(tmp_path))
