@@ -1,1 +1,63 @@
-"""personalize"""
+"""personalize: PAM, Active-PAM, baselines, metrics, protocols and the rater-panel simulator.
+
+numpy / scipy / scikit-learn only (no torch, ray, onnxruntime, Pillow, pyarrow). Public API,
+stable names (later versions add, never rename):
+
+PAM(nu=0.5, C=1.0, gamma=0.1, tol=1e-3)  -- personalize.pam
+    scikit-learn regressor (eq. 3). fit(X, y): X = [x, aes_score], x = the 20 feature-contract
+    columns (10 attributes then 10 content probabilities; any width works, the LAST column is
+    always the generic score), y = the user's 1-5 scores. predict(X) = aes_score + offset;
+    predict_offsets(X) the offsets alone. One rating, or all offsets equal, gives a constant
+    offset. to_dict() -> JSON-safe dict of lists/floats; PAM.from_dict(d) predicts identically
+    (bit for bit); save_npz / load_npz the same with numpy arrays (allow_pickle=False).
+
+ActivePAM(V, X, seed=0, n_seed=10, seed_indices=None, pam_params=None)  -- personalize.active
+    Algorithm 1 for one album. V [N, 177] visual vectors (personalize.features.visual_vector),
+    X [N, 21] as for PAM. ActivePAM.from_features(aes_feat, aes_score, attributes, content,
+    seed=...) builds both. add_rating(index, score) / add_ratings(pairs): any rating joins R,
+    re-rating replaces the score. suggest(n=1) -> album indices never rated: the seeded random
+    seed set first (in order), then the n best by eq. 6 (batch mode). ActivePAM.rebuild(V, X,
+    pairs, seed=...) replays stored ratings cheaply into the same state. .model (PAM or None),
+    .predict() (scores for the whole album), .rated_indices, .rated_scores, .ratings(),
+    .weights() (eq. 5), .objective() (eq. 6).
+
+spearman_rho(a, b), correlation_improvement(y_true, y_personal, y_generic)  -- personalize.metrics
+    rho with average ranks for ties (NaN when a side is constant).
+
+estimate_gain(X, y, cv=5, min_ratings=10, random_state=0, **pam_params) -> float | None
+    cross-validated mean of rho(PAM) - rho(generic) over one user's ratings; None when too few.
+
+Data (personalize.data): load_flickr_aes(csv, test_workers=None, check_images=None) -> FlickrAES
+    (WP of eq. 1, random labellers excluded, IM_j weighted means); load_aadb_raters(csv) ->
+    Ratings; load_personal_albums(root) -> {owner: (image_ids, scores)}; FeatureMatrix (image ids
+    -> X, V). Bad files raise DataError("<file>:<line>: <problem>").
+"""
+
+from personalize.active import ActivePAM, eq5_weights
+from personalize.data import (
+    DataError,
+    FeatureMatrix,
+    FlickrAES,
+    Ratings,
+    load_aadb_raters,
+    load_flickr_aes,
+    load_personal_albums,
+)
+from personalize.metrics import correlation_improvement, spearman_rho
+from personalize.pam import PAM, estimate_gain
+
+__all__ = [
+    "PAM",
+    "ActivePAM",
+    "DataError",
+    "FeatureMatrix",
+    "FlickrAES",
+    "Ratings",
+    "correlation_improvement",
+    "eq5_weights",
+    "estimate_gain",
+    "load_aadb_raters",
+    "load_flickr_aes",
+    "load_personal_albums",
+    "spearman_rho",
+]

@@ -1,0 +1,205 @@
+"""Active-PAM (Algorithm 1, section 4.2): which photos of an album a user should rate next.
+
+State for one user's album: the visual vectors v = [w_aes * aes_feat, aes_score] (eq. 6's space),
+the PAM inputs X = [x, aes_score], and the rated set R with the user's scores. Steps:
+
+1. a seeded random set S of `n_seed` (10) photos is suggested first, in a fixed order;
+2. afterwards PAM is refit on R, eq. 5 weights each rated photo by its training residual,
+   w_j = 1 - |o_j - t_j| / sum_i |o_i - t_i|, and the next photo is the unrated q maximising
+   eq. 6, sum_j w_j * ||v_q - v_j||.
+
+Any rating joins R, suggested or not; re-rating a photo replaces its score and keeps its place.
+`suggest(n)` with n > 1 (batch mode) returns the unrated seed photos first, then the n best by
+eq. 6 under the current model, so a client can show a page of photos at once.
+
+Incremental: the distances from every album photo to each rated photo are kept as columns of a
+matrix, one column computed when a photo is first rated (one [N, d] x [d] product), so a step
+costs a PAM refit plus an [N, |R|] x [|R|] product, never a full distance recomputation. The
+model is refit lazily when a suggestion or prediction needs it; a state rebuilt from stored
+(index, score) pairs in their original order is therefore identical to the incrementally built
+one (`ActivePAM.rebuild`).
+
+Edge cases: an album smaller than the seed set only ever suggests seeds; when every residual is
+zero (eq. 5 would divide by zero) or R has one photo (every weight 0), the weights are uniform,
+i.e. pure diversity; ties in eq. 6 (e.g. duplicate photos) go to the lowest album index;
+`suggest` returns fewer than n indices when fewer photos are unrated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from personalize.features import pam_input, visual_vector
+from personalize.pam import PAM
+
+N_SEED = 10
+
+
+def eq5_weights(residuals: np.ndarray) -> np.ndarray:
+    """w_j = 1 - |r_j| / sum_i |r_i| (eq. 5); uniform when that is undefined or all zero."""
+    abs_res = np.abs(np.asarray(residuals, dtype=np.float64))
+    total = abs_res.sum()
+    if abs_res.size == 0:
+        return abs_res
+    if total <= 0.0 or not np.isfinite(total):
+        return np.ones_like(abs_res)
+    weights = 1.0 - abs_res / total
+    if not weights.any():  # a single rated photo: 1 - |r|/|r| = 0
+        return np.ones_like(abs_res)
+    return weights
+
+
+class ActivePAM:
+    """Algorithm 1 over one album. `V` [N, d] visual vectors, `X` [N, 21] = [x, aes_score].
+
+    seed: the random seed set S and its order derive from it (the service derives it from the
+    user id). seed_indices: give S explicitly instead (protocols share S between strategies).
+    pam_params: keyword arguments for each refit PAM.
+    """
+
+    def __init__(self, V, X, *, seed: int = 0, n_seed: int = N_SEED,
+                 seed_indices: Iterable[int] | None = None, pam_params: dict | None = None):
+        self.V = np.ascontiguousarray(V, dtype=np.float64)
+        self.X = np.ascontiguousarray(X, dtype=np.float64)
+        if self.V.ndim != 2 or self.X.ndim != 2 or self.V.shape[0] != self.X.shape[0]:
+            raise ValueError(f"V and X must be 2-d with one row per photo, got {self.V.shape} and {self.X.shape}")
+        self.n_photos = self.V.shape[0]
+        self.seed = seed
+        self.pam_params = dict(pam_params or {})
+        if seed_indices is None:
+            order = np.random.default_rng(seed).permutation(self.n_photos)
+            self.seed_indices = order[: min(n_seed, self.n_photos)]
+        else:
+            self.seed_indices = np.asarray(list(seed_indices), dtype=np.int64)
+            self._check_indices(self.seed_indices)
+        self._sq_norms = np.einsum("ij,ij->i", self.V, self.V)
+        self._scores: dict[int, float] = {}  # album index -> user score, in first-rating order
+        self._dist = np.zeros((self.n_photos, 0))
+        self._n_cols = 0
+        self._rated_mask = np.zeros(self.n_photos, dtype=bool)
+        self._model: PAM | None = None
+        self._model_version = -1
+        self._version = 0
+
+    @classmethod
+    def from_features(cls, aes_feat, aes_score, attributes, content, *, w_aes: float | None = None,
+                      **kwargs) -> ActivePAM:
+        """Build from feature-contract columns (visual_vector and pam_input of personalize.features)."""
+        V = visual_vector(aes_feat, aes_score) if w_aes is None else visual_vector(aes_feat, aes_score, w_aes)
+        X = np.hstack([pam_input(attributes, content), np.asarray(aes_score, dtype=np.float64).reshape(-1, 1)])
+        return cls(V, X, **kwargs)
+
+    @classmethod
+    def rebuild(cls, V, X, ratings: Iterable[tuple[int, float]], **kwargs) -> ActivePAM:
+        """The state after replaying stored (index, score) pairs in order: one batched distance
+        computation, no intermediate refits."""
+        state = cls(V, X, **kwargs)
+        state.add_ratings(ratings)
+        return state
+
+    # --- ratings ----------------------------------------------------------------------------
+    def _check_indices(self, idx: np.ndarray) -> None:
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n_photos):
+            raise IndexError(f"album index out of range [0, {self.n_photos}): {idx.tolist()}")
+
+    def add_rating(self, index: int, score: float) -> None:
+        self.add_ratings([(index, score)])
+
+    def add_ratings(self, ratings: Iterable[tuple[int, float]]) -> None:
+        new: list[int] = []
+        seen_new: set[int] = set()
+        for index, score in ratings:
+            index = int(index)
+            score = float(score)
+            if not 0 <= index < self.n_photos:
+                raise IndexError(f"album index {index} out of range [0, {self.n_photos})")
+            if not np.isfinite(score):
+                raise ValueError(f"score for album index {index} is not finite: {score}")
+            if index not in self._scores and index not in seen_new:
+                new.append(index)
+                seen_new.add(index)
+            self._scores[index] = score
+        if new:
+            self._append_distance_columns(np.asarray(new, dtype=np.int64))
+        self._version += 1
+
+    def _append_distance_columns(self, new: np.ndarray) -> None:
+        need = self._n_cols + new.size
+        if need > self._dist.shape[1]:
+            grown = np.empty((self.n_photos, max(need, 2 * self._dist.shape[1], 16)))
+            grown[:, : self._n_cols] = self._dist[:, : self._n_cols]
+            self._dist = grown
+        sq = self._sq_norms[:, None] + self._sq_norms[new][None, :] - 2.0 * (self.V @ self.V[new].T)
+        np.maximum(sq, 0.0, out=sq)
+        sq[new, np.arange(new.size)] = 0.0  # exact zero to itself despite rounding
+        self._dist[:, self._n_cols:need] = np.sqrt(sq)
+        self._n_cols = need
+        self._rated_mask[new] = True
+
+    @property
+    def rated_indices(self) -> np.ndarray:
+        return np.fromiter(self._scores.keys(), dtype=np.int64, count=len(self._scores))
+
+    @property
+    def rated_scores(self) -> np.ndarray:
+        return np.fromiter(self._scores.values(), dtype=np.float64, count=len(self._scores))
+
+    @property
+    def n_rated(self) -> int:
+        return len(self._scores)
+
+    def ratings(self) -> list[tuple[int, float]]:
+        return list(self._scores.items())
+
+    # --- model -------------------------------------------------------------------------------
+    @property
+    def model(self) -> PAM | None:
+        """PAM fit on every rating so far (refit lazily after a change); None before any rating."""
+        if not self._scores:
+            return None
+        if self._model_version != self._version:
+            self._model = PAM(**self.pam_params).fit(self.X[self.rated_indices], self.rated_scores)
+            self._model_version = self._version
+        return self._model
+
+    def predict(self) -> np.ndarray:
+        """The user's predicted score for every album photo (the generic score before any rating)."""
+        model = self.model
+        return self.X[:, -1].copy() if model is None else model.predict(self.X)
+
+    def weights(self) -> np.ndarray:
+        """Eq. 5 weights of the rated photos, in rating order."""
+        model = self.model
+        if model is None:
+            return np.zeros(0)
+        rated = self.rated_indices
+        return eq5_weights(model.predict(self.X[rated]) - self.rated_scores)
+
+    def objective(self) -> np.ndarray:
+        """Eq. 6 for every album photo (rated ones included; suggest masks them)."""
+        if not self._scores:
+            return np.zeros(self.n_photos)
+        return self._dist[:, : self._n_cols] @ self.weights()
+
+    # --- suggestions -------------------------------------------------------------------------
+    def suggest(self, n: int = 1) -> list[int]:
+        """The next n album indices to rate: unrated seed photos first, then the best by eq. 6."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        chosen = [int(i) for i in self.seed_indices if not self._rated_mask[i]][:n]
+        if len(chosen) == n:
+            return chosen
+        candidates = ~self._rated_mask
+        candidates[chosen] = False
+        n_left = min(n - len(chosen), int(candidates.sum()))
+        if n_left == 0:
+            return chosen
+        if not self._scores:  # no rating yet and the seeds ran out: continue the seeded order
+            order = np.random.default_rng(self.seed).permutation(self.n_photos)
+            return chosen + [int(i) for i in order if candidates[i]][:n_left]
+        score = np.where(candidates, self.objective(), -np.inf)
+        # stable sort on -score: ties go to the lowest index
+        best = np.argsort(-score, kind="stable")[:n_left]
+        return chosen + [int(i) for i in best]
