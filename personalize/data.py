@@ -213,30 +213,44 @@ def load_flickr_aes(csv_path, test_workers=None, check_images=None, *, min_wp: f
         tests = _read_worker_list(Path(test_workers))
     else:
         tests = frozenset(str(w) for w in test_workers)
-    unknown = tests - set(ratings.workers.tolist())
-    if unknown:
-        raise DataError(f"{csv_path}: test workers with no ratings: {sorted(unknown)[:5]}")
-    all_workers = sorted(set(ratings.workers.tolist()))
-    wp = dict.fromkeys(all_workers, 1.0)
-    excluded: frozenset[str] = frozenset()
+    truth = None
     if check_images is not None:
         check_path = Path(check_images)
         truth = {}
         for line, r in _read_rows(check_path, {"image": ("imagePair", "image", "image_id"),
                                               "score": ("score", "TS")}):
             truth[_nonempty(check_path, line, r["image"], "image id")] = _score(check_path, line, r["score"], True)
-        is_check = np.isin(ratings.images, np.asarray(list(truth)))
+    return flickr_aes_from_ratings(ratings, tests, truth, min_wp=min_wp, source=str(csv_path))
+
+
+def flickr_aes_from_ratings(ratings: Ratings, test_workers: Iterable[str] = (),
+                            check_truth: dict[str, float] | None = None, *, min_wp: float = MIN_WP,
+                            source: str = "") -> FlickrAES:
+    """Section 3's cleaning on ratings already in memory: WP from the check images, workers
+    below `min_wp` excluded, check-image rows removed."""
+    tests = frozenset(str(w) for w in test_workers)
+    unknown = tests - set(ratings.workers.tolist())
+    if unknown:
+        raise DataError(f"{source or 'ratings'}: test workers with no ratings: {sorted(unknown)[:5]}")
+    all_workers = sorted(set(ratings.workers.tolist()))
+    wp = dict.fromkeys(all_workers, 1.0)
+    excluded: frozenset[str] = frozenset()
+    if check_truth:
+        is_check = np.isin(ratings.images, np.asarray(list(check_truth)))
         checks = ratings.subset(is_check)
-        ts = np.asarray([truth[i] for i in checks.images.tolist()])
+        ts = np.asarray([check_truth[i] for i in checks.images.tolist()])
         perf = performance_score(checks.scores, ts)
+        workers, inverse = np.unique(checks.workers, return_inverse=True)
+        mean_perf = np.bincount(inverse, weights=perf) / np.bincount(inverse)
         for w in all_workers:
-            mine = checks.workers == w
-            wp[w] = float(perf[mine].mean()) if mine.any() else float("nan")
+            wp[w] = float("nan")  # rated no check image: cannot be judged, kept
+        wp.update(zip(workers.tolist(), mean_perf.tolist(), strict=True))
         excluded = frozenset(w for w, p in wp.items() if p < min_wp)
         ratings = ratings.subset(~is_check & ~np.isin(ratings.workers, np.asarray(sorted(excluded) or [""])))
         tests = tests - excluded
+        wp = {w: (1.0 if np.isnan(p) else p) for w, p in wp.items()}
     return FlickrAES(ratings=ratings, test_workers=tests, worker_performance=wp,
-                     excluded_workers=excluded, source=str(csv_path))
+                     excluded_workers=excluded, source=source)
 
 
 def load_aadb_raters(csv_path, *, integer_scores: bool = True) -> Ratings:
