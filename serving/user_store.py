@@ -22,6 +22,7 @@ import json
 import sqlite3
 import threading
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ SCHEMA = (
         user_id TEXT NOT NULL,
         ratings_version BIGINT NOT NULL DEFAULT 0,
         album_version BIGINT NOT NULL DEFAULT 0,
+        generation TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (tenant, user_id))""",
     """CREATE TABLE IF NOT EXISTS pam_album (
@@ -79,10 +81,12 @@ class RequestIdConflict(ValueError):
 
 @dataclass(frozen=True)
 class Versions:
-    """Per-user change counters: a cached model fit at these versions is current iff they match."""
+    """Per-user change counters. `generation` is new for each creation of the user id, so a model
+    cached before a delete never passes for one of the re-created user."""
 
     ratings: int
     album: int
+    generation: str
 
 
 @dataclass(frozen=True)
@@ -153,9 +157,9 @@ class UserStore(ABC):
         if row is None:
             if not create:
                 raise UnknownUser(user_id)
-            self._exec(cur, "INSERT INTO pam_users (tenant, user_id, ratings_version, album_version, created_at) "
-                       "VALUES (?, ?, 0, 0, ?) ON CONFLICT (tenant, user_id) DO NOTHING",
-                       (tenant, user_id, time.time()))
+            self._exec(cur, "INSERT INTO pam_users (tenant, user_id, ratings_version, album_version, generation, "
+                       "created_at) VALUES (?, ?, 0, 0, ?, ?) ON CONFLICT (tenant, user_id) DO NOTHING",
+                       (tenant, user_id, uuid.uuid4().hex, time.time()))
             row = self._lock_user(cur, tenant, user_id)
         return row
 
@@ -238,15 +242,15 @@ class UserStore(ABC):
     def versions(self, user_id: str, tenant: str = DEFAULT_TENANT) -> Versions:
         """The user's change counters (one indexed read: the hot path's freshness check)."""
         with self._transaction(write=False) as cur:
-            row = self._exec(cur, "SELECT ratings_version, album_version FROM pam_users "
+            row = self._exec(cur, "SELECT ratings_version, album_version, generation FROM pam_users "
                              "WHERE tenant = ? AND user_id = ?", (tenant, user_id)).fetchone()
         if row is None:
             raise UnknownUser(user_id)
-        return Versions(int(row[0]), int(row[1]))
+        return Versions(int(row[0]), int(row[1]), row[2])
 
     def snapshot(self, user_id: str, tenant: str = DEFAULT_TENANT) -> UserSnapshot:
         with self._transaction(write=False) as cur:
-            row = self._exec(cur, "SELECT ratings_version, album_version, created_at FROM pam_users "
+            row = self._exec(cur, "SELECT ratings_version, album_version, generation, created_at FROM pam_users "
                              "WHERE tenant = ? AND user_id = ?", (tenant, user_id)).fetchone()
             if row is None:
                 raise UnknownUser(user_id)
@@ -255,9 +259,9 @@ class UserStore(ABC):
                 (tenant, user_id))]
             rated = self._exec(cur, "SELECT image_id, score FROM pam_ratings WHERE tenant = ? AND user_id = ? "
                                "ORDER BY seq, image_id", (tenant, user_id)).fetchall()
-        return UserSnapshot(user_id=user_id, versions=Versions(int(row[0]), int(row[1])), album=album,
+        return UserSnapshot(user_id=user_id, versions=Versions(int(row[0]), int(row[1]), row[2]), album=album,
                             rated_ids=[r[0] for r in rated], scores=[float(r[1]) for r in rated],
-                            created_at=float(row[2]))
+                            created_at=float(row[3]))
 
     def exists(self, user_id: str, tenant: str = DEFAULT_TENANT) -> bool:
         try:

@@ -1,0 +1,309 @@
+"""Request and response schemas of the online service (HTTP/JSON, paths under /v1).
+
+The pydantic models document every endpoint in the OpenAPI schema and validate the cold paths.
+The re-rank hot path parses its body with `parse_rerank` instead (plain json + a few checks:
+several times cheaper than pydantic for 1,000 ids) and enforces the same rules, which the tests
+check against the same bad inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+from personalize.features import N_ATTRIBUTES, N_CONTENT, SCORE_MAX, SCORE_MIN
+
+API_PREFIX = "/v1"
+MAX_CANDIDATES = 1000
+MAX_BULK_QUERIES = 64
+MAX_ALBUM_IDS = 10_000
+MAX_RATINGS_PER_CALL = 1000
+MAX_SUGGESTIONS = 100
+MAX_SCORE_IDS = 1000
+MAX_IMAGE_ID_CHARS = 1024
+MAX_REQUEST_ID_CHARS = 128
+MAX_JSON_BYTES = 8 * 1024 * 1024
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+_USER_ID_RE = re.compile(USER_ID_PATTERN)
+_REQUEST_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ @ -, starting with a letter or digit, no '..'"
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a message that says what is wrong (-> JSON body)."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict:
+        return {"detail": self.message, "error": self.code, **self.details}
+
+
+# ---------------------------------------------------------------- checks shared by every path
+
+def check_user_id(user_id: Any) -> str:
+    if not isinstance(user_id, str) or not _USER_ID_RE.match(user_id) or ".." in user_id:
+        raise ApiError(400, "invalid_user_id", f"user id {user_id!r} is not allowed: use {USER_ID_RULE}")
+    return user_id
+
+
+def check_image_ids(ids: Any, field: str, limit: int) -> list[str]:
+    if not isinstance(ids, list):
+        raise ApiError(422, "invalid_field", f"'{field}' must be a list of image id strings")
+    if not ids:
+        raise ApiError(422, "invalid_field", f"'{field}' is empty")
+    if len(ids) > limit:
+        raise ApiError(413, "too_many_items", f"'{field}' holds {len(ids)} ids; at most {limit} are allowed",
+                       limit=limit)
+    bad = [i for i in ids if not isinstance(i, str) or not i or len(i) > MAX_IMAGE_ID_CHARS or "\0" in i]
+    if bad:
+        raise ApiError(422, "invalid_image_id", f"'{field}' holds {len(bad)} invalid image ids (each must be "
+                       f"a non-empty string of at most {MAX_IMAGE_ID_CHARS} characters)",
+                       invalid=[repr(b) for b in bad[:20]])
+    return ids
+
+
+def check_request_id(request_id: Any) -> str | None:
+    if request_id is None:
+        return None
+    if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):
+        raise ApiError(422, "invalid_request_id",
+                       f"request id must be 1-{MAX_REQUEST_ID_CHARS} printable ASCII characters without spaces")
+    return request_id
+
+
+def check_score(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(422, "invalid_score", f"{where}: score {value!r} is not a number")
+    score = float(value)
+    if not math.isfinite(score) or not SCORE_MIN <= score <= SCORE_MAX:
+        raise ApiError(422, "score_out_of_range",
+                       f"{where}: score {value!r} is outside [{SCORE_MIN:g}, {SCORE_MAX:g}]")
+    return score
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise ApiError(400, "empty_body", "the request body is empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
+
+
+# ---------------------------------------------------------------- the re-rank hot path
+
+class InlineCandidate(BaseModel):
+    """A candidate the store does not hold: its features inline (what PAM needs of a row)."""
+
+    model_config = ConfigDict(extra="forbid")
+    image_id: Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_ID_CHARS)]
+    aes_score: StrictFloat | StrictInt
+    attributes: Annotated[list[StrictFloat | StrictInt], Field(min_length=N_ATTRIBUTES, max_length=N_ATTRIBUTES)]
+    content: Annotated[list[StrictFloat | StrictInt], Field(min_length=N_CONTENT, max_length=N_CONTENT)]
+
+
+class RerankRequest(BaseModel):
+    """Exactly one of `candidates` (ids in the feature store) or `items` (inline features)."""
+
+    model_config = ConfigDict(extra="forbid")
+    candidates: Annotated[list[str] | None, Field(max_length=MAX_CANDIDATES)] = None
+    items: Annotated[list[InlineCandidate] | None, Field(max_length=MAX_CANDIDATES)] = None
+    top_k: Annotated[int | None, Field(ge=1, le=MAX_CANDIDATES)] = None
+
+
+class RerankResponse(BaseModel):
+    user_id: str
+    personalized: bool
+    fallback: str | None = Field(None, description="why the generic score was used, when it was")
+    model_version: str
+    ratings_version: int
+    n_ratings: int
+    image_ids: list[str] = Field(description="candidates, best first")
+    scores: list[float] = Field(description="the user's predicted scores, in image_ids order")
+    generic_scores: list[float]
+
+
+class BulkRerankQuery(RerankRequest):
+    user_id: str
+
+
+class BulkRerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: Annotated[list[BulkRerankQuery], Field(min_length=1, max_length=MAX_BULK_QUERIES)]
+
+
+class BulkRerankResponse(BaseModel):
+    results: list[RerankResponse]
+
+
+_RERANK_KEYS = frozenset({"candidates", "items", "top_k"})
+
+
+class RerankQuery:
+    """A validated re-rank request: candidate ids, or inline rows as arrays."""
+
+    __slots__ = ("aes_score", "ids", "inline", "top_k", "x")
+
+    def __init__(self, ids: list[str], top_k: int | None, x=None, aes_score=None):
+        self.ids = ids
+        self.top_k = top_k
+        self.inline = x is not None
+        self.x = x
+        self.aes_score = aes_score
+
+
+def parse_rerank(data: Any, where: str = "body", extra_keys: frozenset = frozenset()) -> RerankQuery:
+    """Validate a decoded re-rank body (RerankRequest's rules) without pydantic."""
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_body", f"{where} must be a JSON object with 'candidates' or 'items'")
+    unknown = set(data) - _RERANK_KEYS - extra_keys
+    if unknown:
+        raise ApiError(422, "unknown_field", f"{where} has unknown fields {sorted(unknown)}; "
+                       f"allowed: {sorted(_RERANK_KEYS | extra_keys)}")
+    top_k = data.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                              or not 1 <= top_k <= MAX_CANDIDATES):
+        raise ApiError(422, "invalid_field", f"{where}: top_k must be an integer in [1, {MAX_CANDIDATES}]")
+    has_ids, has_items = data.get("candidates") is not None, data.get("items") is not None
+    if has_ids == has_items:
+        raise ApiError(422, "invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
+                       "or 'items' (inline features)")
+    if has_ids:
+        return RerankQuery(check_image_ids(data["candidates"], "candidates", MAX_CANDIDATES), top_k)
+    return _parse_inline(data["items"], where, top_k)
+
+
+def _parse_inline(items: Any, where: str, top_k: int | None) -> RerankQuery:
+    import numpy as np
+
+    if not isinstance(items, list) or not items:
+        raise ApiError(422, "invalid_field", f"{where}: 'items' must be a non-empty list of objects")
+    if len(items) > MAX_CANDIDATES:
+        raise ApiError(413, "too_many_items", f"'items' holds {len(items)} candidates; at most "
+                       f"{MAX_CANDIDATES} are allowed", limit=MAX_CANDIDATES)
+    ids, rows, scores = [], [], []
+    for k, item in enumerate(items):
+        at = f"{where}: items[{k}]"
+        if not isinstance(item, dict) or set(item) != {"image_id", "aes_score", "attributes", "content"}:
+            raise ApiError(422, "invalid_item", f"{at} must be an object with exactly image_id, aes_score, "
+                           f"attributes ({N_ATTRIBUTES} numbers) and content ({N_CONTENT} numbers)")
+        image_id = item["image_id"]
+        if not isinstance(image_id, str) or not image_id or len(image_id) > MAX_IMAGE_ID_CHARS:
+            raise ApiError(422, "invalid_image_id", f"{at}: image_id must be a non-empty string")
+        attributes, content = item["attributes"], item["content"]
+        if not isinstance(attributes, list) or len(attributes) != N_ATTRIBUTES:
+            raise ApiError(422, "invalid_item", f"{at}: attributes must be a list of {N_ATTRIBUTES} numbers")
+        if not isinstance(content, list) or len(content) != N_CONTENT:
+            raise ApiError(422, "invalid_item", f"{at}: content must be a list of {N_CONTENT} numbers")
+        values = [*attributes, *content, item["aes_score"]]
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+            raise ApiError(422, "invalid_item", f"{at}: aes_score, attributes and content must be numbers")
+        ids.append(image_id)
+        rows.append(values)
+    table = np.asarray(rows, dtype=np.float64)
+    if not np.isfinite(table).all():
+        raise ApiError(422, "invalid_item", f"{where}: inline features must be finite numbers")
+    scores = table[:, -1]
+    return RerankQuery(ids, top_k, x=table[:, :-1], aes_score=scores)
+
+
+# ---------------------------------------------------------------- the other endpoints (pydantic)
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what is wrong, in words")
+    error: str = Field(description="a machine-readable code, e.g. unknown_images")
+
+
+class ImageIdsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_ids: Annotated[list[str], Field(min_length=1)]
+
+
+class ScoreIdsRequest(ImageIdsRequest):
+    include_features: bool = False
+
+
+class PhotoScore(BaseModel):
+    image_id: str
+    aes_score: float | None = None
+    attributes: list[float] | None = None
+    content: list[float] | None = None
+    aes_feat: list[float] | None = None
+    source: Literal["store", "scored", "failed"]
+    error: str | None = None
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    results: list[PhotoScore]
+
+
+class AlbumResponse(BaseModel):
+    user_id: str
+    added: int
+    album_size: int
+    scored_online: int = Field(0, description="album photos scored now from reachable files")
+
+
+class Rating(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_id: str
+    score: Annotated[StrictFloat | StrictInt, Field(ge=SCORE_MIN, le=SCORE_MAX)]
+
+
+class RatingsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ratings: Annotated[list[Rating], Field(min_length=1, max_length=MAX_RATINGS_PER_CALL)]
+    request_id: str | None = Field(None, description="makes a retry idempotent (or header Idempotency-Key)")
+
+
+class RatingsResponse(BaseModel):
+    user_id: str
+    ratings_version: int
+    n_ratings: int
+    replayed: bool = Field(description="True when this request id was seen: the first reply is replayed")
+
+
+class NextResponse(BaseModel):
+    user_id: str
+    image_ids: list[str]
+    phase: Literal["seed", "active", "done"]
+    n_ratings: int
+    album_size: int
+    ratings_version: int
+    model_version: str
+
+
+class GainEstimate(BaseModel):
+    value: float | None
+    min_ratings: int
+    method: str
+
+
+class UserState(BaseModel):
+    user_id: str
+    tenant: str
+    n_ratings: int
+    album_size: int
+    album_unavailable: int = Field(description="album photos without a row in this model version")
+    ratings_version: int
+    album_version: int
+    model_version: str
+    personalized: bool
+    gain: GainEstimate
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    checks: dict[str, str]

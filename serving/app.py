@@ -1,0 +1,451 @@
+"""The HTTP API (FastAPI) and its Ray Serve deployment.
+
+`create_app(runtime)` builds the FastAPI app over a runtime that holds a PersonalizationService and
+hands out per-user models; `PamDeployment` is that runtime inside a Serve replica, where user models
+come from `@serve.multiplexed` (model id = user id; clients may send the header
+`serve_multiplexed_model_id: <user id>` so the proxy routes them to a replica that has the model).
+Every endpoint does its work in this one deployment: no handle calls, one hop from the proxy.
+
+`build_app(args)` is the import path `serve run deploy/serve.yaml` and `pam serve` use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving import api_models as m
+from serving.api_models import ApiError, check_user_id, parse_json, parse_rerank
+from serving.service import (
+    THUMBNAIL_SIZES,
+    LocalModelCache,
+    PersonalizationService,
+    ServiceConfig,
+    UserModel,
+    encode_json,
+    model_key,
+)
+
+logger = logging.getLogger("pam.serve")
+WEB_DIR = Path(__file__).resolve().parent / "web"
+LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+
+
+class JSONBytes(Response):
+    media_type = "application/json"
+
+
+def _error_response(exc: ApiError) -> Response:
+    return JSONBytes(encode_json(exc.body()), status_code=exc.status)
+
+
+def _inline_refs(schema: dict) -> dict:
+    """A pydantic JSON schema with its $defs substituted in place (for openapi_extra)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(copy.deepcopy(defs[ref.split("/")[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+def body_doc(model) -> dict:
+    """openapi_extra documenting a JSON body that the handler parses itself."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": _inline_refs(model.model_json_schema())}}}}
+
+
+ERRORS = {code: {"model": m.ErrorResponse} for code in (400, 401, 404, 409, 413, 422)}
+
+
+class EndpointMetrics:
+    """Per-endpoint request counts and latencies, exported with Serve's own metrics (Prometheus)."""
+
+    def __init__(self, enabled: bool):
+        self._enabled = enabled
+        if enabled:
+            from ray.serve import metrics
+
+            self._count = metrics.Counter("pam_requests", description="requests per endpoint and status",
+                                          tag_keys=("endpoint", "method", "status"))
+            self._latency = metrics.Histogram("pam_request_latency_ms", description="latency per endpoint (ms)",
+                                              boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("endpoint", "method"))
+            self.record = self._record
+        else:
+            self.record = lambda endpoint, method, status, ms: None
+
+    def _record(self, endpoint: str, method: str, status: int, ms: float) -> None:
+        self._count.inc(tags={"endpoint": endpoint, "method": method, "status": str(status)})
+        self._latency.observe(ms, tags={"endpoint": endpoint, "method": method})
+
+
+class LimitsAndMetrics:
+    """ASGI middleware: body-size limits (413 naming the limit) and per-endpoint metrics."""
+
+    def __init__(self, app, metrics: EndpointMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        limit = m.MAX_UPLOAD_BYTES if scope["path"] == f"{m.API_PREFIX}/photos" else m.MAX_JSON_BYTES
+        status = 500
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                exc = ApiError(413, "body_too_large", f"the request body has {int(value)} bytes; "
+                               f"at most {limit} are allowed here", limit=limit)
+                return await _error_response(exc)(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes", limit=limit)
+            return message
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_status)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.record(endpoint, scope.get("method", ""), status, (time.perf_counter() - start) * 1e3)
+
+
+def create_app(runtime, metrics: bool = False) -> FastAPI:
+    """The API over `runtime`, which has `.service` (PersonalizationService) and
+    `async user_model(key) -> UserModel`."""
+    app = FastAPI(title="pam personalization service", version="1",
+                  description="Personalized image aesthetics (PAM, Active-PAM) per user, over one feature-store "
+                  "model version. Errors are JSON objects {detail, error, ...} naming the problem.",
+                  openapi_url=f"{m.API_PREFIX}/openapi.json", docs_url=f"{m.API_PREFIX}/docs", redoc_url=None)
+    svc: PersonalizationService = runtime.service
+    v1 = m.API_PREFIX
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            if err.get("type") == "json_invalid":
+                return _error_response(ApiError(400, "malformed_json", "the request body is not valid JSON"))
+            problems.append(f"{where}: {err.get('msg')}")
+        return _error_response(ApiError(422, "invalid_request", "; ".join(problems), problems=problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "no_such_endpoint", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = exc.detail if exc.status_code not in (404, 405) else (
+            f"{request.method} {request.url.path} is not an endpoint of this API (see {v1}/docs)")
+        return _error_response(ApiError(exc.status_code, code, str(message)))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error_response(ApiError(500, "internal_error", f"internal error: {type(exc).__name__}"))
+
+    def tenant(request: Request) -> str:
+        key = request.headers.get("x-api-key")
+        if key is None:
+            auth = request.headers.get("authorization", "")
+            key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        return svc.tenant_for(key)
+
+    async def fresh_model(tenant_name: str, user_id: str):
+        """(model covering every acknowledged change, catalog), read-your-writes."""
+        catalog = svc.catalog
+        versions = svc.versions(tenant_name, user_id)
+        model: UserModel = await runtime.user_model(model_key(tenant_name, user_id))
+        if not model.covers(versions, catalog.model_version):
+            model = await asyncio.to_thread(svc.ensure_fresh, model, versions, catalog)
+        return model, catalog
+
+    # ---------------------------------------------------------------- operations
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return RedirectResponse(f"{v1}/docs")
+
+    @app.get(f"{v1}/healthz", tags=["operations"])
+    async def healthz():
+        """Liveness: the replica's event loop answers."""
+        return JSONBytes(b'{"status":"ok"}')
+
+    @app.get(f"{v1}/readyz", tags=["operations"], response_model=m.ReadyResponse)
+    async def readyz():
+        """Readiness: the user store answers and a feature-store version is loaded."""
+        report = await asyncio.to_thread(svc.ready)
+        return JSONBytes(encode_json(report), status_code=200 if report["ready"] else 503)
+
+    @app.get(f"{v1}/info", tags=["operations"])
+    async def info():
+        return JSONBytes(encode_json(svc.info()))
+
+    # ---------------------------------------------------------------- photos
+    @app.post(f"{v1}/photos/score", tags=["photos"], response_model=m.ScoreResponse, responses=ERRORS,
+              openapi_extra=body_doc(m.ScoreIdsRequest))
+    async def score_ids(request: Request):
+        """Generic score and features of photos by id; ids not in the store whose file is reachable
+        under the photos root are scored now and kept in the store's online part."""
+        tenant(request)
+        data = parse_json(await request.body())
+        if not isinstance(data, dict) or set(data) - {"image_ids", "include_features"}:
+            raise ApiError(422, "invalid_body", "body must be an object {image_ids: [...], include_features?: bool}")
+        include = data.get("include_features", False)
+        if not isinstance(include, bool):
+            raise ApiError(422, "invalid_field", "include_features must be true or false")
+        result = await asyncio.to_thread(svc.score_ids, data.get("image_ids"), include)
+        return JSONBytes(encode_json(result))
+
+    @app.post(f"{v1}/photos", tags=["photos"], response_model=m.ScoreResponse, responses=ERRORS)
+    async def upload_photos(request: Request, files: Annotated[list[UploadFile], File(description="photos")],
+                            image_ids: Annotated[list[str] | None, Form(description="optional ids, one per file")] = None,
+                            include_features: Annotated[bool, Form()] = False):
+        """Upload photos (multipart): each is decoded, scored by the feature backend and kept in the
+        online part of the feature store, so it can join albums and re-ranking at once. A photo that
+        cannot be decoded fails its own row (all failing: 422). Default id: upload:<sha256 prefix>."""
+        tenant(request)
+        if image_ids is not None and len(image_ids) != len(files):
+            raise ApiError(422, "invalid_field", f"{len(image_ids)} image_ids for {len(files)} files: give one per file")
+        uploads = [(f.filename or f"file {k}", await f.read(), image_ids[k] if image_ids else None)
+                   for k, f in enumerate(files)]
+        result = await asyncio.to_thread(svc.score_uploads, uploads, include_features)
+        return JSONBytes(encode_json(result))
+
+    @app.get(f"{v1}/photos/thumbnail", tags=["photos"], responses={**ERRORS, 200: {"content": {"image/jpeg": {}}}})
+    async def thumbnail(request: Request, image_id: Annotated[str, Query(min_length=1)],
+                        size: Annotated[int, Query(description=f"one of {list(THUMBNAIL_SIZES)}")] = 256):
+        """A JPEG thumbnail (longer side `size`) of a photo whose file the service can reach."""
+        tenant(request)
+        data = await asyncio.to_thread(svc.thumbnail, image_id, size)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+
+    # ---------------------------------------------------------------- users
+    @app.put(f"{v1}/users/{{user_id}}", tags=["users"], response_model=m.UserState, responses=ERRORS)
+    async def create_user(user_id: str, request: Request):
+        """Create a user (201), or return the existing one's state (200)."""
+        t = tenant(request)
+        created = await asyncio.to_thread(svc.create_user, t, user_id)
+        model, _ = await fresh_model(t, user_id)
+        state = await asyncio.to_thread(svc.user_state, model)
+        return JSONBytes(encode_json(state), status_code=201 if created else 200)
+
+    @app.post(f"{v1}/users/{{user_id}}/album", tags=["users"], response_model=m.AlbumResponse, responses=ERRORS,
+              openapi_extra=body_doc(m.ImageIdsRequest))
+    async def add_album(user_id: str, request: Request):
+        """Register or extend the user's album (creates the user). Ids must be in the feature store
+        or reachable as files under the photos root (then scored now); unknown ids are listed (404)."""
+        t = tenant(request)
+        check_user_id(user_id)
+        data = parse_json(await request.body())
+        if not isinstance(data, dict) or set(data) != {"image_ids"}:
+            raise ApiError(422, "invalid_body", "body must be an object {image_ids: [...]}")
+        result = await asyncio.to_thread(svc.add_album, t, user_id, data["image_ids"])
+        return JSONBytes(encode_json(result))
+
+    @app.post(f"{v1}/users/{{user_id}}/ratings", tags=["users"], response_model=m.RatingsResponse,
+              responses=ERRORS, openapi_extra=body_doc(m.RatingsRequest))
+    async def add_ratings(user_id: str, request: Request):
+        """Store ratings (1-5); the reply comes after they are durable. Re-rating replaces the
+        score. A request id (body `request_id` or header Idempotency-Key) makes retries idempotent;
+        the same id with another payload is a 409."""
+        t = tenant(request)
+        check_user_id(user_id)
+        data = parse_json(await request.body())
+        if not isinstance(data, dict) or "ratings" not in data or set(data) - {"ratings", "request_id"}:
+            raise ApiError(422, "invalid_body", "body must be an object {ratings: [{image_id, score}], request_id?}")
+        request_id = data.get("request_id") or request.headers.get("idempotency-key")
+        result = await asyncio.to_thread(svc.add_ratings, t, user_id, data["ratings"], request_id)
+        return JSONBytes(encode_json(result))
+
+    @app.get(f"{v1}/users/{{user_id}}/next", tags=["users"], response_model=m.NextResponse, responses=ERRORS)
+    async def next_photos(user_id: str, request: Request,
+                          n: Annotated[int, Query(ge=1, le=m.MAX_SUGGESTIONS)] = 1):
+        """The next n album photos for the user to rate (Active-PAM: seeded random photos first,
+        then eq. 6); never a photo already rated."""
+        t = tenant(request)
+        check_user_id(user_id)
+        model, _ = await fresh_model(t, user_id)
+        return JSONBytes(encode_json(await asyncio.to_thread(svc.next_photos, model, n)))
+
+    @app.post(f"{v1}/users/{{user_id}}/rerank", tags=["users"], response_model=m.RerankResponse,
+              responses=ERRORS, openapi_extra=body_doc(m.RerankRequest))
+    async def rerank(user_id: str, request: Request):
+        """Re-rank up to 1,000 candidates (ids in the store, or inline features) by the user's
+        PAM model; a user with no ratings gets the generic scores, with `fallback` saying so."""
+        t = tenant(request)
+        check_user_id(user_id)
+        query = parse_rerank(parse_json(await request.body()))
+        model, catalog = await fresh_model(t, user_id)
+        return JSONBytes(encode_json(svc.rerank(model, query, catalog)))
+
+    @app.post(f"{v1}/rerank", tags=["users"], response_model=m.BulkRerankResponse, responses=ERRORS,
+              openapi_extra=body_doc(m.BulkRerankRequest))
+    async def rerank_bulk(request: Request):
+        """Many re-rank queries in one request (up to 64). A query that fails (unknown user or
+        images) gets {user_id, error, detail} in its place; the others are answered."""
+        t = tenant(request)
+        data = parse_json(await request.body())
+        queries = data.get("queries") if isinstance(data, dict) and set(data) == {"queries"} else None
+        if not isinstance(queries, list) or not queries:
+            raise ApiError(422, "invalid_body", "body must be an object {queries: [{user_id, candidates|items, top_k?}]}")
+        if len(queries) > m.MAX_BULK_QUERIES:
+            raise ApiError(413, "too_many_items", f"{len(queries)} queries; at most {m.MAX_BULK_QUERIES} per request",
+                           limit=m.MAX_BULK_QUERIES)
+        parsed = []
+        for k, q in enumerate(queries):
+            parsed.append((check_user_id(q.get("user_id") if isinstance(q, dict) else None),
+                           parse_rerank(q, where=f"queries[{k}]", extra_keys=frozenset({"user_id"}))))
+        results = []
+        for user_id, query in parsed:
+            try:
+                model, catalog = await fresh_model(t, user_id)
+                results.append(svc.rerank(model, query, catalog))
+            except ApiError as exc:
+                results.append({"user_id": user_id, **exc.body()})
+        return JSONBytes(encode_json({"results": results}))
+
+    @app.get(f"{v1}/users/{{user_id}}", tags=["users"], response_model=m.UserState, responses=ERRORS)
+    async def user_state(user_id: str, request: Request):
+        """Ratings count, versions, whether replies are personalized, and the cross-validated gain
+        over the generic model once there are enough ratings."""
+        t = tenant(request)
+        check_user_id(user_id)
+        model, _ = await fresh_model(t, user_id)
+        return JSONBytes(encode_json(await asyncio.to_thread(svc.user_state, model)))
+
+    @app.delete(f"{v1}/users/{{user_id}}", tags=["users"], responses=ERRORS)
+    async def delete_user(user_id: str, request: Request):
+        """Delete the user and everything stored for them (album, ratings, request ids)."""
+        t = tenant(request)
+        return JSONBytes(encode_json(await asyncio.to_thread(svc.delete_user, t, user_id)))
+
+    @app.api_route(f"{v1}/users/{{rest:path}}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+    async def bad_user_path(rest: str, request: Request):
+        """What no route above matched: a user id holding '/' (even percent-encoded) or '..', or a
+        wrong suffix. The raw path tells which."""
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        segment = raw.decode("latin-1")[len(f"{v1}/users/"):].split("/", 1)[0].split("?", 1)[0]
+        check_user_id(unquote(segment))
+        raise ApiError(404, "no_such_endpoint", f"{request.method} {request.url.path} is not an endpoint "
+                       f"of this API (see {v1}/docs)")
+
+    if WEB_DIR.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/ui", StaticFiles(directory=WEB_DIR, html=True), name="ui")
+
+    app.add_middleware(LimitsAndMetrics, metrics=EndpointMetrics(metrics))
+    return app
+
+
+class LocalRuntime:
+    """The app's runtime outside Serve (tests, the library benchmark): an in-process LRU of models."""
+
+    def __init__(self, config: ServiceConfig | dict):
+        self.service = PersonalizationService(config)
+        self.cache = LocalModelCache(self.service, self.service.config.model_cache_size)
+
+    async def user_model(self, key: str) -> UserModel:
+        return await self.cache.aget(key)
+
+    def close(self) -> None:
+        self.service.close()
+
+
+# ---------------------------------------------------------------- Ray Serve
+@cache
+def _deployment():
+    """The Serve deployment class (built on first use, so importing this module needs no Ray)."""
+    from ray import serve
+
+    @serve.deployment(name="pam", max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5},
+                      health_check_period_s=10, health_check_timeout_s=30)
+    @serve.ingress()
+    class PamDeployment:
+        def __init__(self, config: dict):
+            self.service = PersonalizationService(config)
+            service = self.service
+
+            async def load_user_model(model_id: str) -> UserModel:
+                return await asyncio.to_thread(service.load_user_model, model_id)
+
+            self._load = serve.multiplexed(max_num_models_per_replica=service.config.model_cache_size)(
+                load_user_model)
+
+        async def user_model(self, key: str) -> UserModel:
+            return await self._load(key)
+
+        def __serve_build_asgi_app__(self):
+            return create_app(self, metrics=True)
+
+        def reconfigure(self, user_config: dict) -> None:
+            """Serve's user_config: {model, model_version?} switches every replica's version atomically."""
+            model = user_config.get("model", self.service.config.model)
+            version = user_config.get("model_version")
+            if model != self.service.config.model or (version and version != self.service.catalog.model_version):
+                self.service.switch_model(model, version)
+
+        def check_health(self) -> None:
+            self.service.users.ping()
+
+    return PamDeployment
+
+
+def deployment_options(args: dict) -> dict:
+    """Serve options from `pam serve` flags / config args: replicas or autoscaling."""
+    options: dict[str, Any] = {}
+    if args.get("autoscaling"):
+        options["autoscaling_config"] = dict(args["autoscaling"])
+    elif "num_replicas" in args:
+        options["num_replicas"] = int(args["num_replicas"])
+    if "max_ongoing_requests" in args:
+        options["max_ongoing_requests"] = int(args["max_ongoing_requests"])
+    if "num_cpus" in args:
+        options["ray_actor_options"] = {"num_cpus": float(args["num_cpus"])}
+    return options
+
+
+SERVE_ONLY_KEYS = ("autoscaling", "num_replicas", "max_ongoing_requests", "num_cpus")
+
+
+def build_app(args: dict):
+    """Serve application builder: args = ServiceConfig fields + optional Serve options."""
+    args = dict(args)
+    options = deployment_options(args)
+    config = ServiceConfig.from_dict({k: v for k, v in args.items() if k not in SERVE_ONLY_KEYS})
+    deployment = _deployment()
+    if options:
+        deployment = deployment.options(**options)
+    return deployment.bind(config.to_dict())

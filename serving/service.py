@@ -1,0 +1,690 @@
+"""The personalization service as a plain library: no Ray, no HTTP (serving.app adds both).
+
+Split as LitServe splits a server: *setup* (`PersonalizationService(config)` opens the user store,
+the feature store and the feature backend of one model version), *decode* (serving.api_models
+validates requests), *predict* (the methods below), *encode* (`encode_json`).
+
+Per-user state is a `UserModel`: the album's feature rows, PAM fit on every stored rating, and
+(lazily) the Active-PAM state. It carries the versions it was built from, so a caller can check it
+against the user store before each reply (read-your-writes across replicas; `ensure_fresh`). The
+user store is the source of truth; models are rebuilt from it, never pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from export.preprocess import DecodeError, decode
+from personalize.active import ActivePAM
+from personalize.features import W_AES_PAPER, pam_input, visual_vector
+from personalize.pam import PAM, estimate_gain, rbf_offsets
+from serving.api_models import (
+    MAX_ALBUM_IDS,
+    MAX_RATINGS_PER_CALL,
+    MAX_SCORE_IDS,
+    MAX_SUGGESTIONS,
+    USER_ID_PATTERN,
+    ApiError,
+    RerankQuery,
+    check_image_ids,
+    check_request_id,
+    check_score,
+    check_user_id,
+)
+from serving.feature_store import FeatureRows, FeatureStore
+from serving.user_store import (
+    DEFAULT_TENANT,
+    RequestIdConflict,
+    UnknownUser,
+    UserSnapshot,
+    UserStore,
+    Versions,
+    open_user_store,
+)
+
+try:  # orjson encodes a 1,000-candidate reply ~20x faster than json (floats dominate)
+    import orjson
+
+    def encode_json(obj) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+except ImportError:  # pragma: no cover - orjson is in the serve extra
+    def encode_json(obj) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), default=_json_default).encode()
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+THUMBNAIL_SIZES = (64, 128, 256, 512)
+UPLOAD_PREFIX = "upload:"
+
+
+@dataclass
+class ServiceConfig:
+    """Everything a replica needs; plain JSON so it travels in a Serve config file."""
+
+    feature_root: str
+    model: str | None = None  # ONNX file (in-process) or backend spec; None: no scoring of new photos
+    user_store: str = "sqlite:///pam-users.db"
+    photos_root: str | None = None  # image_id -> file under it (thumbnails, scoring unseen ids)
+    thumbnail_dir: str | None = None  # thumbnails of uploaded photos are kept here
+    api_keys: dict[str, str] | None = None  # API key -> tenant; None: open, one tenant
+    model_cache_size: int = 1024  # per replica (@serve.multiplexed max_num_models_per_replica)
+    min_ratings_for_gain: int = 10
+    w_aes: float = W_AES_PAPER
+    pam_params: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> ServiceConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown service settings {sorted(unknown)}; known: {sorted(known)}")
+        config = cls(**dict(data))
+        if config.api_keys is not None:
+            for tenant in config.api_keys.values():
+                check_user_id(tenant)  # tenant names obey the user-id rule (they key the store too)
+        return config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_key(tenant: str, user_id: str) -> str:
+    """The multiplexed model id of a user: the user id (prefixed by a non-default tenant)."""
+    return user_id if tenant == DEFAULT_TENANT else f"{tenant}:{user_id}"
+
+
+def split_model_key(key: str) -> tuple[str, str]:
+    tenant, _, user_id = key.rpartition(":")
+    return (tenant or DEFAULT_TENANT), user_id
+
+
+def user_seed(tenant: str, user_id: str) -> int:
+    """Active-PAM's seed for a user: stable across replicas and restarts."""
+    return int.from_bytes(hashlib.sha256(f"{tenant}/{user_id}".encode()).digest()[:8], "little")
+
+
+def safe_relative_path(root: Path, image_id: str) -> Path | None:
+    """root / image_id when that stays inside root (no '..', no absolute path, no symlink escape)."""
+    if not image_id or "\0" in image_id or "\\" in image_id:
+        return None
+    rel = PurePosixPath(image_id)
+    if rel.is_absolute() or any(part in ("..", "") for part in rel.parts):
+        return None
+    root = root.resolve()
+    candidate = (root / rel).resolve()
+    return candidate if candidate.is_relative_to(root) and candidate.is_file() else None
+
+
+def _open_backend(spec: str):
+    from serving import backends
+
+    opener = getattr(backends, "open_backend", None)
+    return opener(spec) if opener is not None else backends.OnnxRuntimeBackend(spec)
+
+
+def pam_matrix(rows: FeatureRows) -> np.ndarray:
+    """X = [attributes, content, aes_score] (21 columns) of feature rows."""
+    return np.hstack([pam_input(rows.attributes, rows.content),
+                      np.asarray(rows.aes_score, dtype=np.float64).reshape(-1, 1)])
+
+
+class Catalog:
+    """One model version: the feature store opened at it and the backend that scores new photos.
+
+    The service swaps a Catalog as a whole (atomic version switch); a request takes one reference
+    at its start and uses only that, so no reply mixes rows of two versions.
+    """
+
+    def __init__(self, feature_root: str, model: str | None = None, model_version: str | None = None):
+        self.backend = _open_backend(model) if model else None
+        version = model_version or (self.backend.model_version if self.backend is not None else None)
+        self.store = FeatureStore.open(feature_root, model_version=version)
+        self.model_version = self.store.model_version
+        if self.backend is not None and self.backend.model_version != self.model_version:
+            raise ValueError(f"the model at {model} is version {self.backend.model_version!r} but the "
+                             f"feature store serves {self.model_version!r}: versions never mix")
+
+    def rows(self, image_ids: Sequence[str]) -> FeatureRows:
+        """Feature rows of ids in the order given; 404 listing unknown ids, 422 listing failed ones."""
+        found, missing = self.store.lookup(image_ids)
+        if missing:
+            raise ApiError(404, "unknown_images", f"{len(missing)} image ids are not in the feature store "
+                           f"(model version {self.model_version})", unknown=missing[:100])
+        if found.failed:
+            raise ApiError(422, "unscorable_images", f"{len(found.failed)} images could not be scored",
+                           failed=dict(list(found.failed.items())[:100]))
+        return found
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+        self.store.close()
+
+
+class UserModel:
+    """One user's album rows, PAM fit on all stored ratings, and (lazily) Active-PAM's state."""
+
+    def __init__(self, tenant: str, user_id: str, snapshot: UserSnapshot, catalog: Catalog,
+                 config: ServiceConfig):
+        self.tenant = tenant
+        self.user_id = user_id
+        self.lock = threading.RLock()
+        self._config = config
+        self._build(snapshot, catalog)
+
+    def _build(self, snapshot: UserSnapshot, catalog: Catalog) -> None:
+        self.versions: Versions = snapshot.versions
+        self.model_version = catalog.model_version
+        found, missing = catalog.store.lookup(snapshot.album) if snapshot.album else (None, [])
+        if found is None:
+            self.album_ids: list[str] = []
+            self.X = np.zeros((0, 21))
+            self.V = np.zeros((0, 177))
+        else:
+            self.album_ids = found.image_ids
+            self.X = pam_matrix(found)
+            self.V = visual_vector(found.aes_feat, found.aes_score, self._config.w_aes)
+        self.album_unavailable = len(missing) + (len(found.failed) if found is not None else 0)
+        self.album_index = {image_id: i for i, image_id in enumerate(self.album_ids)}
+        self.scores: dict[str, float] = dict(zip(snapshot.rated_ids, snapshot.scores, strict=True))
+        self.n_ratings = len(self.scores)
+        self._active: ActivePAM | None = None
+        self._gain: tuple[int, float | None] | None = None
+        self._fit_pam()
+
+    def _rated_pairs(self) -> list[tuple[int, float]]:
+        return [(self.album_index[i], s) for i, s in self.scores.items() if i in self.album_index]
+
+    def _fit_pam(self) -> None:
+        pairs = self._rated_pairs()
+        if not pairs:
+            self.pam = None
+            return
+        idx = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
+        y = np.fromiter((p[1] for p in pairs), np.float64, len(pairs))
+        self.pam = PAM(**self._config.pam_params).fit(self.X[idx], y)
+
+    def covers(self, versions: Versions, model_version: str) -> bool:
+        """True when this model includes every change up to `versions` (read-your-writes)."""
+        mine = self.versions
+        return (mine.generation == versions.generation and mine.ratings >= versions.ratings
+                and mine.album >= versions.album and self.model_version == model_version)
+
+    def refresh(self, snapshot: UserSnapshot, catalog: Catalog) -> None:
+        """Catch up with a newer snapshot: ratings-only changes incrementally, else a rebuild."""
+        same_base = (snapshot.versions.generation == self.versions.generation
+                     and snapshot.versions.album == self.versions.album
+                     and catalog.model_version == self.model_version)
+        if not same_base:
+            self._build(snapshot, catalog)
+            return
+        changed = [(i, s) for i, s in zip(snapshot.rated_ids, snapshot.scores, strict=True)
+                   if self.scores.get(i) != s]
+        self.scores.update(changed)
+        self.n_ratings = len(self.scores)
+        self.versions = snapshot.versions
+        self._gain = None
+        if self._active is not None:
+            self._active.add_ratings((self.album_index[i], s) for i, s in changed if i in self.album_index)
+            self.pam = self._active.model
+        else:
+            self._fit_pam()
+
+    @property
+    def active(self) -> ActivePAM:
+        if self._active is None:
+            state = ActivePAM(self.V, self.X, seed=user_seed(self.tenant, self.user_id),
+                              pam_params=self._config.pam_params)
+            state.add_ratings(self._rated_pairs())
+            self._active = state
+        return self._active
+
+    def predict(self, x: np.ndarray, aes_score: np.ndarray) -> np.ndarray:
+        """The user's scores for rows x [n, 20] with generic scores [n] (generic without ratings)."""
+        if self.pam is None:
+            return np.asarray(aes_score, dtype=np.float64)
+        pam = self.pam
+        return aes_score + rbf_offsets(x, pam.support_vectors_, pam.dual_coef_, pam.intercept_, pam.gamma_)
+
+    def gain(self) -> float | None:
+        """Cross-validated rho(PAM) - rho(generic) over the ratings (None below the minimum)."""
+        if self._gain is None or self._gain[0] != self.versions.ratings:
+            pairs = self._rated_pairs()
+            value = None
+            if len(pairs) >= self._config.min_ratings_for_gain:
+                idx = np.array([p[0] for p in pairs])
+                y = np.array([p[1] for p in pairs])
+                value = estimate_gain(self.X[idx], y, min_ratings=self._config.min_ratings_for_gain,
+                                      **self._config.pam_params)
+            self._gain = (self.versions.ratings, value)
+        return self._gain[1]
+
+
+class LocalModelCache:
+    """An LRU of UserModels for use outside Serve (Serve replicas use @serve.multiplexed)."""
+
+    def __init__(self, service: PersonalizationService, capacity: int):
+        self._service = service
+        self._capacity = capacity
+        self._models: OrderedDict[str, UserModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.loads = 0
+
+    def get(self, key: str) -> UserModel:
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+                self.hits += 1
+                return model
+        model = self._service.load_user_model(key)
+        with self._lock:
+            self.loads += 1
+            self._models[key] = model
+            while len(self._models) > self._capacity:
+                self._models.popitem(last=False)
+        return model
+
+    async def aget(self, key: str) -> UserModel:
+        import asyncio
+
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+                self.hits += 1
+                return model
+        return await asyncio.to_thread(self.get, key)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+class PersonalizationService:
+    """setup: open the stores and the backend. The methods are the API, minus HTTP."""
+
+    def __init__(self, config: ServiceConfig | Mapping):
+        self.config = config if isinstance(config, ServiceConfig) else ServiceConfig.from_dict(config)
+        self.users: UserStore = open_user_store(self.config.user_store)
+        self.catalog = Catalog(self.config.feature_root, self.config.model)
+        self.photos_root = Path(self.config.photos_root).resolve() if self.config.photos_root else None
+        self.thumbnail_dir = Path(self.config.thumbnail_dir) if self.config.thumbnail_dir else None
+        self._key_hashes = {hashlib.sha256(k.encode()).digest(): t for k, t in (self.config.api_keys or {}).items()}
+        self._switch_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ setup and versions
+    def switch_model(self, model: str | None, model_version: str | None = None) -> str:
+        """Open the new version completely, then swap it in with one assignment (atomic)."""
+        with self._switch_lock:
+            new = Catalog(self.config.feature_root, model, model_version)
+            # requests in flight keep their reference to the old catalog until they reply
+            self.catalog = new
+            self.config.model = model
+        return new.model_version
+
+    def close(self) -> None:
+        self.catalog.close()
+        self.users.close()
+
+    # ------------------------------------------------------------------ auth and users
+    def tenant_for(self, api_key: str | None) -> str:
+        if not self._key_hashes:
+            return DEFAULT_TENANT
+        if not api_key:
+            raise ApiError(401, "missing_api_key", "this service needs an API key: send the header "
+                           "'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
+        digest = hashlib.sha256(api_key.encode()).digest()
+        for known, tenant in self._key_hashes.items():
+            if hmac.compare_digest(known, digest):
+                return tenant
+        raise ApiError(401, "invalid_api_key", "the API key is not valid")
+
+    def versions(self, tenant: str, user_id: str) -> Versions:
+        try:
+            return self.users.versions(user_id, tenant)
+        except UnknownUser:
+            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}: register an album first "
+                           f"(POST /v1/users/{user_id}/album)", unknown=[user_id]) from None
+
+    def load_user_model(self, key: str) -> UserModel:
+        tenant, user_id = split_model_key(key)
+        catalog = self.catalog
+        try:
+            snapshot = self.users.snapshot(user_id, tenant)
+        except UnknownUser:
+            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}", unknown=[user_id]) from None
+        return UserModel(tenant, user_id, snapshot, catalog, self.config)
+
+    def ensure_fresh(self, model: UserModel, versions: Versions, catalog: Catalog) -> UserModel:
+        """Bring a cached model up to `versions` (read from the store at the request's start)."""
+        if model.covers(versions, catalog.model_version):
+            return model
+        with model.lock:
+            if not model.covers(versions, catalog.model_version):
+                try:
+                    snapshot = self.users.snapshot(model.user_id, model.tenant)
+                except UnknownUser:
+                    raise ApiError(404, "unknown_user", f"unknown user {model.user_id!r}",
+                                   unknown=[model.user_id]) from None
+                model.refresh(snapshot, catalog)
+        return model
+
+    # ------------------------------------------------------------------ photos
+    def _reachable(self, image_id: str) -> Path | None:
+        return safe_relative_path(self.photos_root, image_id) if self.photos_root is not None else None
+
+    def _score_files(self, catalog: Catalog, image_ids: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+        """Score ids missing from the store whose files are reachable; returns (scored, failed)."""
+        if catalog.backend is None:
+            return [], {}
+        ok_ids, images, failed = [], [], {}
+        for image_id in image_ids:
+            path = self._reachable(image_id)
+            if path is None:
+                continue
+            try:
+                images.append(decode(path.read_bytes()))
+                ok_ids.append(image_id)
+            except DecodeError as exc:
+                failed[image_id] = str(exc)
+            except OSError as exc:
+                failed[image_id] = f"unreadable: {exc.strerror or exc}"
+        if ok_ids:
+            features = catalog.backend.score(np.stack(images))
+            catalog.store.add_online(ok_ids, features, model_version=catalog.backend.model_version)
+        if failed:
+            catalog.store.add_online(list(failed), None, errors=list(failed.values()),
+                                     model_version=catalog.model_version)
+        return ok_ids, failed
+
+    def _known_or_scored(self, catalog: Catalog, image_ids: list[str]) -> int:
+        """Make every id known to the store (scoring reachable files); 404 lists the rest."""
+        _, missing = catalog.store.lookup(image_ids)
+        if not missing:
+            return 0
+        scored, _ = self._score_files(catalog, missing)
+        scored_set = set(scored)
+        still = [i for i in missing if i not in scored_set]
+        if still:
+            hint = " and no file for them under the photos root" if self.photos_root else ""
+            raise ApiError(404, "unknown_images", f"{len(still)} image ids are not in the feature store "
+                           f"(model version {catalog.model_version}){hint}", unknown=still[:100])
+        return len(scored)
+
+    def score_ids(self, image_ids: list[str], include_features: bool = False) -> dict:
+        check_image_ids(image_ids, "image_ids", MAX_SCORE_IDS)
+        catalog = self.catalog
+        scored_now = set()
+        _, missing = catalog.store.lookup(image_ids)
+        if missing:
+            scored, _ = self._score_files(catalog, missing)
+            scored_now = set(scored)
+            unknown = [i for i in missing if i not in scored_now and self._reachable(i) is None]
+            if unknown:
+                raise ApiError(404, "unknown_images", f"{len(unknown)} image ids are neither in the feature store "
+                               "nor reachable as files", unknown=unknown[:100])
+        found, _ = catalog.store.lookup(image_ids)
+        by_id = {image_id: k for k, image_id in enumerate(found.image_ids)}
+        results = []
+        for image_id in image_ids:
+            k = by_id.get(image_id)
+            if k is None:
+                results.append({"image_id": image_id, "source": "failed",
+                                "error": found.failed.get(image_id, "not scored")})
+                continue
+            results.append(self._photo_row(found, k, "scored" if image_id in scored_now else "store",
+                                           include_features))
+        return {"model_version": catalog.model_version, "results": results}
+
+    @staticmethod
+    def _photo_row(rows: FeatureRows, k: int, source: str, include_features: bool) -> dict:
+        row = {"image_id": rows.image_ids[k], "aes_score": float(rows.aes_score[k]),
+               "attributes": rows.attributes[k].tolist(), "content": rows.content[k].tolist(),
+               "source": source}
+        if include_features:
+            row["aes_feat"] = rows.aes_feat[k].tolist()
+        return row
+
+    def score_uploads(self, uploads: Sequence[tuple[str, bytes, str | None]], include_features: bool = False) -> dict:
+        """uploads: (file name, bytes, image_id or None). New photos are scored and kept online."""
+        catalog = self.catalog
+        if catalog.backend is None:
+            raise ApiError(503, "no_backend", "this service has no feature backend configured (start it "
+                           "with a model), so it cannot score uploaded photos")
+        rows: list[dict | None] = [None] * len(uploads)
+        ids, images, positions = [], [], []
+        for k, (name, data, image_id) in enumerate(uploads):
+            image_id = image_id or UPLOAD_PREFIX + hashlib.sha256(data).hexdigest()[:32]
+            try:
+                check_image_ids([image_id], "image_id", 1)
+                image = decode(data)
+            except DecodeError as exc:
+                rows[k] = {"image_id": image_id, "source": "failed", "error": f"{name}: {exc}"}
+                continue
+            except ApiError as exc:
+                rows[k] = {"image_id": str(image_id), "source": "failed", "error": exc.message}
+                continue
+            ids.append(image_id)
+            images.append(image)
+            positions.append(k)
+            self._save_thumbnail(image_id, data)
+        if ids:
+            _, missing = catalog.store.lookup(ids)
+            missing_set = set(missing)
+            first = {image_id: i for i, image_id in reversed(list(enumerate(ids)))}
+            new = [i for image_id, i in first.items() if image_id in missing_set]
+            if new:
+                features = catalog.backend.score(np.stack([images[i] for i in new]))
+                catalog.store.add_online([ids[i] for i in new], features, model_version=catalog.backend.model_version)
+            found, _ = catalog.store.lookup(ids)
+            by_id = {image_id: j for j, image_id in enumerate(found.image_ids)}
+            new_ids = {ids[i] for i in new}
+            for image_id, k in zip(ids, positions, strict=True):
+                j = by_id.get(image_id)
+                if j is None:
+                    rows[k] = {"image_id": image_id, "source": "failed",
+                               "error": found.failed.get(image_id, "known but not scored")}
+                else:
+                    rows[k] = self._photo_row(found, j, "scored" if image_id in new_ids else "store",
+                                              include_features)
+        if rows and all(r["source"] == "failed" for r in rows):
+            raise ApiError(422, "undecodable_photos", "no uploaded photo could be decoded: "
+                           + "; ".join(r["error"] for r in rows), failed=[r["error"] for r in rows])
+        return {"model_version": catalog.model_version, "results": rows}
+
+    def _thumb_path(self, image_id: str) -> Path | None:
+        if self.thumbnail_dir is None:
+            return None
+        return self.thumbnail_dir / (hashlib.sha256(image_id.encode()).hexdigest() + ".jpg")
+
+    def _save_thumbnail(self, image_id: str, data: bytes) -> None:
+        path = self._thumb_path(image_id)
+        if path is None or path.exists():
+            return
+        try:
+            jpeg = make_thumbnail(data, max(THUMBNAIL_SIZES))
+        except (DecodeError, OSError, ValueError):
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
+        tmp.write_bytes(jpeg)
+        tmp.replace(path)
+
+    def thumbnail(self, image_id: str, size: int) -> bytes:
+        if size not in THUMBNAIL_SIZES:
+            raise ApiError(422, "invalid_size", f"size must be one of {list(THUMBNAIL_SIZES)}")
+        check_image_ids([image_id], "image_id", 1)
+        kept = self._thumb_path(image_id)
+        if kept is not None and kept.is_file():
+            data = kept.read_bytes()
+        else:
+            path = self._reachable(image_id)
+            if path is None:
+                raise ApiError(404, "no_file", f"no file is reachable for image id {image_id!r} (the service "
+                               "serves files under its photos root and photos uploaded to it)",
+                               unknown=[image_id])
+            data = path.read_bytes()
+        try:
+            return make_thumbnail(data, size)
+        except DecodeError as exc:
+            raise ApiError(422, "undecodable_photo", f"{image_id!r} cannot be decoded: {exc}") from None
+
+    # ------------------------------------------------------------------ users
+    def create_user(self, tenant: str, user_id: str) -> bool:
+        check_user_id(user_id)
+        return self.users.create_user(user_id, tenant)
+
+    def add_album(self, tenant: str, user_id: str, image_ids: list[str]) -> dict:
+        check_user_id(user_id)
+        check_image_ids(image_ids, "image_ids", MAX_ALBUM_IDS)
+        scored = self._known_or_scored(self.catalog, image_ids)
+        ack = self.users.add_album(user_id, image_ids, tenant)
+        return {"user_id": user_id, "added": ack.added, "album_size": ack.album_size, "scored_online": scored}
+
+    def add_ratings(self, tenant: str, user_id: str, ratings: list, request_id: str | None) -> dict:
+        check_user_id(user_id)
+        check_request_id(request_id)
+        if not isinstance(ratings, list) or not ratings:
+            raise ApiError(422, "invalid_field", "'ratings' must be a non-empty list of {image_id, score}")
+        if len(ratings) > MAX_RATINGS_PER_CALL:
+            raise ApiError(413, "too_many_items", f"{len(ratings)} ratings in one call; at most "
+                           f"{MAX_RATINGS_PER_CALL} are allowed", limit=MAX_RATINGS_PER_CALL)
+        pairs = []
+        for k, item in enumerate(ratings):
+            if not isinstance(item, Mapping) or set(item) != {"image_id", "score"}:
+                raise ApiError(422, "invalid_rating", f"ratings[{k}] must be an object with exactly image_id "
+                               "and score")
+            check_image_ids([item["image_id"]], f"ratings[{k}].image_id", 1)
+            pairs.append((item["image_id"], check_score(item["score"], f"ratings[{k}]")))
+        self.versions(tenant, user_id)  # 404 for an unknown user before the image checks
+        self._known_or_scored(self.catalog, [p[0] for p in pairs])
+        try:
+            ack = self.users.add_ratings(user_id, pairs, request_id=request_id, tenant=tenant)
+        except UnknownUser:
+            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}", unknown=[user_id]) from None
+        except RequestIdConflict as exc:
+            raise ApiError(409, "request_id_conflict", str(exc)) from None
+        return {"user_id": user_id, "ratings_version": ack.ratings_version, "n_ratings": ack.n_ratings,
+                "replayed": ack.replayed}
+
+    def delete_user(self, tenant: str, user_id: str) -> dict:
+        check_user_id(user_id)
+        if not self.users.delete_user(user_id, tenant):
+            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}", unknown=[user_id])
+        return {"user_id": user_id, "deleted": True}
+
+    # ------------------------------------------------------------------ predict (model in hand)
+    def rerank(self, model: UserModel, query: RerankQuery, catalog: Catalog) -> dict:
+        if query.inline:
+            ids, x, generic = query.ids, query.x, query.aes_score
+        else:
+            rows = catalog.rows(query.ids)
+            ids = rows.image_ids
+            x = pam_input(rows.attributes, rows.content)
+            generic = rows.aes_score.astype(np.float64)
+        scores = model.predict(x, generic)
+        order = np.argsort(-scores, kind="stable")
+        if query.top_k is not None:
+            order = order[:query.top_k]
+        ids_array = ids if isinstance(ids, list) else list(ids)
+        return {
+            "user_id": model.user_id,
+            "personalized": model.pam is not None,
+            "fallback": None if model.pam is not None else "generic scores: the user has no ratings yet",
+            "model_version": catalog.model_version,
+            "ratings_version": model.versions.ratings,
+            "n_ratings": model.n_ratings,
+            "image_ids": [ids_array[i] for i in order.tolist()],
+            "scores": scores[order],
+            "generic_scores": generic[order],
+        }
+
+    def next_photos(self, model: UserModel, n: int) -> dict:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SUGGESTIONS:
+            raise ApiError(422, "invalid_n", f"n must be an integer in [1, {MAX_SUGGESTIONS}]")
+        with model.lock:
+            if not model.album_ids:
+                chosen, phase = [], "done"
+            else:
+                active = model.active
+                chosen = active.suggest(n)
+                seeds = set(active.seed_indices.tolist())
+                phase = "done" if not chosen else ("seed" if all(i in seeds for i in chosen) else "active")
+        return {"user_id": model.user_id, "image_ids": [model.album_ids[i] for i in chosen], "phase": phase,
+                "n_ratings": model.n_ratings, "album_size": len(model.album_ids),
+                "ratings_version": model.versions.ratings, "model_version": model.model_version}
+
+    def user_state(self, model: UserModel) -> dict:
+        with model.lock:
+            gain = model.gain()
+        return {"user_id": model.user_id, "tenant": model.tenant, "n_ratings": model.n_ratings,
+                "album_size": len(model.album_ids), "album_unavailable": model.album_unavailable,
+                "ratings_version": model.versions.ratings, "album_version": model.versions.album,
+                "model_version": model.model_version, "personalized": model.pam is not None,
+                "gain": {"value": gain, "min_ratings": self.config.min_ratings_for_gain,
+                         "method": "5-fold cross-validated mean of rho(PAM) - rho(generic) over the user's ratings"}}
+
+    # ------------------------------------------------------------------ operations
+    def ready(self) -> dict:
+        checks = {}
+        try:
+            self.users.ping()
+            checks["user_store"] = "ok"
+        except Exception as exc:  # readiness reports, never raises
+            checks["user_store"] = f"unavailable: {type(exc).__name__}: {exc}"
+        catalog = self.catalog
+        checks["feature_store"] = f"ok: {catalog.model_version}, {len(catalog.store)} rows"
+        checks["backend"] = (f"ok: {type(catalog.backend).__name__}" if catalog.backend is not None
+                             else "none (scoring new photos disabled)")
+        return {"ready": checks["user_store"] == "ok", "checks": checks}
+
+    def info(self) -> dict:
+        catalog = self.catalog
+        return {"model_version": catalog.model_version, "feature_rows": len(catalog.store),
+                "backend": type(catalog.backend).__name__ if catalog.backend is not None else None,
+                "user_store": type(self.users).__name__, "photos_root": bool(self.photos_root),
+                "auth": "api-key" if self._key_hashes else "open", "user_id_pattern": USER_ID_PATTERN}
+
+
+def make_thumbnail(data: bytes, size: int) -> bytes:
+    """A JPEG whose longer side is `size` (aspect kept, EXIF orientation applied)."""
+    from PIL import Image, ImageOps
+
+    from export.preprocess import MAX_PIXELS
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.size[0] * image.size[1] > MAX_PIXELS:
+            raise DecodeError("too_many_pixels", f"{image.size[0]}x{image.size[1]}")
+        image.draft("RGB", (size, size))
+        image = ImageOps.exif_transpose(image)
+        image.thumbnail((size, size))
+        if image.mode != "RGB":
+            background = Image.new("RGB", image.size, (255, 255, 255))
+            rgba = image.convert("RGBA")
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            image = background
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=85)
+        return out.getvalue()
+    except DecodeError:
+        raise
+    except Exception as exc:  # Pillow raises many types for bad bytes
+        raise DecodeError("corrupt", str(exc) or type(exc).__name__) from None
