@@ -2,12 +2,20 @@
 
 Two implementations share one contract (tests/backends): ONNX Runtime in-process (the embedded
 default) and a Triton server through tritonclient. Training and export own the graph; these only
-run it. Never imports torch.
+run it. Never imports torch. `open_backend(spec)` builds either from one string:
+
+    onnx:/path/model.onnx              (or just /path/model.onnx)
+    triton+http://127.0.0.1:8000       Triton's HTTP endpoint, model pam_features
+    triton+grpc://127.0.0.1:8001/NAME  Triton's gRPC endpoint, model NAME
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import urllib.parse
+from collections import deque
+from concurrent.futures import Future
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -17,6 +25,16 @@ from personalize.features import AES_FEAT_DIM, FEATURE_NAMES, N_ATTRIBUTES, N_CO
 INPUT_NAME = "images"
 MODEL_VERSION_KEY = "pam_model_version"
 CROP_POLICY_KEY = "pam_crop_policy"
+TRITON_MODEL_NAME = "pam_features"
+UNEXPORTED_VERSION = "unexported"  # what model_repository/ in git carries before pam export
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot answer now: server unreachable, model not READY, connection lost."""
+
+
+class BackendError(RuntimeError):
+    """The backend answered, but not with the feature contract (wrong or empty outputs)."""
 
 
 @runtime_checkable
@@ -40,14 +58,26 @@ def check_images(images: np.ndarray) -> np.ndarray:
 
 
 def normalise_outputs(outputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-    """Shapes of the contract: aes_score [B] (the graph gives [B, 1]), the rest [B, D], float32."""
+    """Shapes of the contract: aes_score [B] (the graph gives [B, 1]), the rest [B, D], float32.
+    Raises BackendError naming the output when one is missing or has the wrong size."""
     shapes = {"aes_score": (batch,), "aes_feat": (batch, AES_FEAT_DIM),
               "attributes": (batch, N_ATTRIBUTES), "content": (batch, N_CONTENT)}
     result = {}
     for name in FEATURE_NAMES:
+        if outputs.get(name) is None:
+            raise BackendError(f"output {name} is missing")
         value = np.asarray(outputs[name], dtype=np.float32)
+        if value.size != int(np.prod(shapes[name])):
+            raise BackendError(f"output {name} has shape {list(value.shape)} for a batch of {batch}, "
+                               f"expected {list(shapes[name])}"
+                               + (" (empty: numpy 2 in Triton's Python backend does this)"
+                                  if value.size == 0 and batch else ""))
         result[name] = value.reshape(shapes[name])
     return result
+
+
+def _empty_outputs() -> dict[str, np.ndarray]:
+    return normalise_outputs({n: np.zeros((0, 1), np.float32) for n in FEATURE_NAMES}, 0)
 
 
 class OnnxRuntimeBackend:
@@ -76,14 +106,225 @@ class OnnxRuntimeBackend:
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
         images = check_images(images)
+        if self._session is None:
+            raise BackendUnavailable(f"backend for {self.model_path} is closed")
         parts = []
         for start in range(0, len(images), self.max_batch_size):
             chunk = images[start:start + self.max_batch_size]
             values = self._session.run(self._output_names, {INPUT_NAME: chunk})
             parts.append(normalise_outputs(dict(zip(self._output_names, values, strict=True)), len(chunk)))
-        if not parts:
-            return normalise_outputs({n: np.zeros((0, 1)) for n in FEATURE_NAMES}, 0)
-        return {name: np.concatenate([p[name] for p in parts]) for name in FEATURE_NAMES}
+        return _concatenate(parts)
 
     def close(self) -> None:
         self._session = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not parts:
+        return _empty_outputs()
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in FEATURE_NAMES}
+
+
+class TritonBackend:
+    """The scoring graph served by a Triton server, through tritonclient (HTTP or gRPC).
+
+    Checks at construction that the server is reachable and the model READY, and reads the
+    model version from the model config's parameters (`pam_model_version`), so a backend never
+    scores with an unknown model. Batches larger than the model's max_batch_size go as several
+    requests, up to `concurrency` of them in flight at once.
+    """
+
+    def __init__(self, url: str, protocol: str = "http", model_name: str = TRITON_MODEL_NAME,
+                 max_batch_size: int | None = None, timeout_s: float = 60.0, concurrency: int = 2):
+        if protocol not in ("http", "grpc"):
+            raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+        self.url = _host_port(url)
+        self.protocol = protocol
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.concurrency = max(1, int(concurrency))
+        self._where = f"Triton {protocol}://{self.url} model {model_name}"
+        if protocol == "http":
+            import tritonclient.http as client_module
+        else:
+            import tritonclient.grpc as client_module
+        self._module = client_module
+        # The HTTP client (gevent) only works in the thread that made it: one per thread. The
+        # gRPC client is thread-safe: one for all.
+        self._local = threading.local()
+        self._clients: list = []
+        self._clients_lock = threading.Lock()
+        self._closed = False
+        self._client = self._thread_client()
+        try:
+            config = self._check_ready_and_read_config()
+        except BaseException:
+            self.close()
+            raise
+        server_max = int(config.get("max_batch_size", 0))
+        if server_max <= 0:
+            raise BackendError(f"{self._where} has max_batch_size {server_max}: the scoring graph batches")
+        self.max_batch_size = min(server_max, max_batch_size) if max_batch_size else server_max
+        parameters = config.get("parameters", {})
+        version = parameters.get(MODEL_VERSION_KEY, {}).get("string_value", "")
+        if not version:
+            raise BackendError(f"{self._where} has no {MODEL_VERSION_KEY} parameter in its config: "
+                               "not a repository written by pam export")
+        if version == UNEXPORTED_VERSION:
+            raise BackendError(f"{self._where} config says {MODEL_VERSION_KEY}={UNEXPORTED_VERSION!r}: "
+                               "the repository's configs were never written by pam export")
+        self.model_version = version
+        outputs = {o["name"] for o in config.get("output", [])}
+        missing = set(FEATURE_NAMES) - outputs
+        if missing:
+            raise BackendError(f"{self._where} lacks outputs {sorted(missing)}")
+
+    def _check_ready_and_read_config(self) -> dict:
+        try:
+            live = self._client.is_server_live()
+        except Exception as exc:
+            raise BackendUnavailable(f"{self._where}: server unreachable ({type(exc).__name__}: {exc})") from exc
+        if not live:
+            raise BackendUnavailable(f"{self._where}: server is not live")
+        try:
+            ready = self._client.is_model_ready(self.model_name)
+            if not ready:
+                index = self._client.get_model_repository_index()
+                if self.protocol == "grpc":
+                    index = [{"name": m.name, "state": m.state, "reason": m.reason} for m in index.models]
+                states = {m.get("name"): f"{m.get('state', 'UNKNOWN')} {m.get('reason', '')}".strip()
+                          for m in index}
+                raise BackendUnavailable(f"{self._where}: model is not READY "
+                                         f"(state: {states.get(self.model_name, 'absent')}; "
+                                         f"repository: {states})")
+            if self.protocol == "grpc":
+                return self._client.get_model_config(self.model_name, as_json=True)["config"]
+            return self._client.get_model_config(self.model_name)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:
+            raise BackendUnavailable(f"{self._where}: {type(exc).__name__}: {exc}") from exc
+
+    def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        images = check_images(images)
+        if self._closed:
+            raise BackendUnavailable(f"{self._where}: backend is closed")
+        chunks = [images[i:i + self.max_batch_size] for i in range(0, len(images), self.max_batch_size)]
+        try:
+            parts = self._infer_all(self._thread_client(), chunks)
+        except (BackendError, BackendUnavailable):
+            raise
+        except Exception as exc:
+            raise BackendUnavailable(f"{self._where}: inference failed ({type(exc).__name__}: {exc})") from exc
+        return _concatenate([normalise_outputs(p, len(c)) for p, c in zip(parts, chunks, strict=True)])
+
+    def _thread_client(self):
+        if self.protocol == "grpc" and self._clients:
+            return self._clients[0]
+        client = getattr(self._local, "client", None)
+        if client is None:
+            if self.protocol == "http":
+                client = self._module.InferenceServerClient(
+                    self.url, concurrency=self.concurrency, connection_timeout=self.timeout_s,
+                    network_timeout=self.timeout_s)
+            else:
+                client = self._module.InferenceServerClient(self.url)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def _infer_all(self, client, chunks: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Send the chunks with up to `concurrency` requests in flight; results in order."""
+        pending: deque[tuple[int, object]] = deque()
+        results: list[dict[str, np.ndarray]] = [{} for _ in chunks]
+        for index, chunk in enumerate(chunks):
+            if len(pending) >= self.concurrency:
+                done, handle = pending.popleft()
+                results[done] = self._collect(handle)
+            pending.append((index, self._submit(client, chunk)))
+        while pending:
+            done, handle = pending.popleft()
+            results[done] = self._collect(handle)
+        return results
+
+    def _submit(self, client, chunk: np.ndarray):
+        module = self._module
+        inputs = [module.InferInput(INPUT_NAME, list(chunk.shape), "UINT8")]
+        outputs = [module.InferRequestedOutput(name) for name in FEATURE_NAMES]
+        if self.protocol == "http":
+            inputs[0].set_data_from_numpy(chunk, binary_data=True)
+            outputs = [module.InferRequestedOutput(name, binary_data=True) for name in FEATURE_NAMES]
+            return client.async_infer(self.model_name, inputs, outputs=outputs)
+        inputs[0].set_data_from_numpy(chunk)
+        future: Future = Future()
+
+        def done(result, error):
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        client.async_infer(self.model_name, inputs, done, outputs=outputs, client_timeout=self.timeout_s)
+        return future
+
+    def _collect(self, handle) -> dict[str, np.ndarray]:
+        if self.protocol == "http":
+            result = handle.get_result(block=True, timeout=self.timeout_s)
+        else:
+            result = handle.result(timeout=self.timeout_s)
+        return {name: result.as_numpy(name) for name in FEATURE_NAMES}
+
+    def close(self) -> None:
+        self._closed = True
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                client.close()
+            except Exception:  # an HTTP client made in another thread cannot be closed from here
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _host_port(url: str) -> str:
+    """tritonclient wants host:port; accept http://host:port too."""
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"//{url}")
+    if not parsed.hostname or not parsed.port:
+        raise ValueError(f"expected HOST:PORT for a Triton endpoint, got {url!r}")
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{host}:{parsed.port}"
+
+
+BACKEND_SPECS = ("onnx:/path/model.onnx", "triton+http://HOST:PORT[/MODEL]", "triton+grpc://HOST:PORT[/MODEL]")
+
+
+def open_backend(spec: str | os.PathLike, **options) -> FeatureBackend:
+    """A feature backend from one string (see the module docstring); options go to its class
+    (max_batch_size for both; intra_op_threads for ONNX; timeout_s, concurrency for Triton)."""
+    text = os.fspath(spec)
+    if text.startswith("onnx:"):
+        return OnnxRuntimeBackend(text[len("onnx:"):], **options)
+    if text.startswith(("triton+http://", "triton+grpc://", "triton://")):
+        parsed = urllib.parse.urlsplit(text)
+        protocol = "grpc" if parsed.scheme == "triton+grpc" else "http"
+        model_name = parsed.path.strip("/") or TRITON_MODEL_NAME
+        if parsed.query or "/" in model_name:
+            raise ValueError(f"unexpected path or query in {text!r}; expected one of {BACKEND_SPECS}")
+        return TritonBackend(parsed.netloc, protocol=protocol, model_name=model_name, **options)
+    if "://" not in text and text.endswith(".onnx"):
+        return OnnxRuntimeBackend(text, **options)
+    raise ValueError(f"unknown feature backend {text!r}; expected one of {BACKEND_SPECS}")

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.triton.fixtures import triton_cpu_repository, triton_server  # noqa: F401 (session fixtures)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_PHOTOS = (ROOT.parent / "shared" / "photos" / "imagenet-sample").resolve()
 
