@@ -1,0 +1,118 @@
+"""`pam serve`: the personalization service on a local Ray Serve (SQLite user store by default).
+
+Starts Ray on this machine, the Serve proxy on --host:--port and the `pam` application, prints
+where it listens (stderr, at once), and serves until Ctrl-C / SIGTERM (or --duration seconds).
+Then it shuts Serve and Ray down and prints its summary (with --json: one JSON object).
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+HELP = "Run the personalization service (Ray Serve): re-rank, ratings, Active-PAM, photo scoring"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--features", required=True, help="feature-store root (a `pam features` output; local or s3://)")
+    parser.add_argument("--model", help="the exported ONNX model (scores uploaded and unseen photos; its "
+                        "model_version selects the store's version). Without it: CURRENT, no scoring")
+    parser.add_argument("--users", default="sqlite:///pam-users.db",
+                        help="user store: sqlite:///PATH (default ./pam-users.db) or postgresql://...")
+    parser.add_argument("--photos", help="photos root: image_id -> file, for thumbnails and scoring unseen ids")
+    parser.add_argument("--thumbnails", help="where thumbnails of uploaded photos are kept "
+                        "(default: next to a SQLite user store)")
+    parser.add_argument("--api-keys", type=Path, help="JSON file {\"api key\": \"tenant\"}; without it the API is open")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free port)")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1)
+    scale.add_argument("--autoscale", metavar="MIN:MAX", help="autoscaling replicas, e.g. 1:2")
+    parser.add_argument("--cache-size", type=int, default=1024, help="user models cached per replica")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
+    parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: a free one)")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def service_args(args: argparse.Namespace) -> dict:
+    config: dict = {"feature_root": args.features, "user_store": args.users, "model_cache_size": args.cache_size}
+    if args.model:
+        config["model"] = str(Path(args.model).resolve())
+    if args.photos:
+        config["photos_root"] = str(Path(args.photos).resolve())
+    thumbnails = args.thumbnails
+    if thumbnails is None and args.users.startswith("sqlite:///"):
+        thumbnails = str(Path(args.users[len("sqlite:///"):]).resolve().parent / "pam-thumbnails")
+    if thumbnails:
+        config["thumbnail_dir"] = thumbnails
+    if args.api_keys:
+        config["api_keys"] = json.loads(args.api_keys.read_text())
+    if args.users.startswith("sqlite:///"):  # replicas run elsewhere: make the path absolute
+        config["user_store"] = "sqlite:///" + str(Path(args.users[len("sqlite:///"):]).resolve())
+    if args.autoscale:
+        low, _, high = args.autoscale.partition(":")
+        config["autoscaling"] = {"min_replicas": int(low), "max_replicas": int(high or low),
+                                 "target_ongoing_requests": 2, "upscale_delay_s": 3, "downscale_delay_s": 30}
+    else:
+        config["num_replicas"] = args.replicas
+    return config
+
+
+def run(args: argparse.Namespace) -> dict:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    port = args.port or _free_port(args.host)
+    metrics_port = args.metrics_port or _free_port("127.0.0.1")
+    started = time.time()
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, _metrics_export_port=metrics_port,
+             configure_logging=False, log_to_driver=False)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": args.host, "port": port})
+        serve.run(build_app(service_args(args)), name="pam", route_prefix="/")
+        url = f"http://{args.host}:{port}"
+        info = json.loads(_get(f"{url}/v1/info"))
+        print(f"pam serve: listening on {url}  (API docs {url}/v1/docs, Prometheus metrics "
+              f"http://127.0.0.1:{metrics_port}/metrics); model version {info['model_version']}, "
+              f"{info['feature_rows']} feature rows. Ctrl-C stops it.", file=sys.stderr, flush=True)
+        stop.wait(args.duration)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return {"url": f"http://{args.host}:{port}", "docs": f"http://{args.host}:{port}/v1/docs",
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "model_version": info["model_version"],
+            "feature_rows": info["feature_rows"], "user_store": info["user_store"],
+            "served_s": round(time.time() - started, 1)}
+
+
+def _get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode()
+
+
+def render(summary: dict) -> str:
+    return (f"pam serve stopped after {summary['served_s']} s: served {summary['url']} "
+            f"(model version {summary['model_version']}, {summary['feature_rows']} feature rows, "
+            f"{summary['user_store']})")
