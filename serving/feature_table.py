@@ -499,8 +499,10 @@ def set_current(root: str, model_version: str, filesystem: pafs.FileSystem | Non
         previous = _read_current(root_path, fs)
     except NoCurrentVersionError:
         previous = {"model_version": None, "history": []}
+    if previous["model_version"] == model_version:
+        return previous  # already served: nothing to switch
     history = list(previous.get("history", []))
-    if previous["model_version"] and previous["model_version"] != model_version:
+    if previous["model_version"]:
         history.append(previous["model_version"])
     pointer = {"model_version": model_version, "history": history[-20:],
                "switched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
