@@ -278,3 +278,34 @@ def _filters(size: int) -> dict[str, np.ndarray]:
         "band": gaussian(1.0) - gaussian(4.0),
         "far": np.hypot(lag[:, None], lag[None, :]) >= REPETITION_MIN_LAG,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m export.pixel_attributes FOLDER`: fit CALIBRATION on a folder of photos and
+    print it (paste the result over CALIBRATION above)."""
+    import argparse
+    from pathlib import Path
+
+    from export.preprocess import DecodeError, decode_file
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    raw = []
+    for path in sorted(p for p in args.folder.rglob("*") if p.is_file()):
+        try:
+            raw.append(raw_measures(decode_file(path)))
+        except DecodeError:
+            continue
+    if not raw:
+        raise SystemExit(f"no decodable photos under {args.folder}")
+    print(f"# fit_calibration over {len(raw)} photos of {args.folder}")
+    print("CALIBRATION: Calibration = {")
+    for name, values in fit_calibration(np.array(raw)).items():
+        print(f'    "{name}": {values},')
+    print("}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
