@@ -175,7 +175,8 @@ def _pipeline(args, out: Path, stages, state: dict):
                       f"read {out / 'features.log'}; rerunning resumes where it stopped") as rec:
         job = run_json("features", features_argv, "see features.log", out / "features.log", ok_codes=(0, 1))
         rec.items = int(job.get("processed", 0)) or len(album)
-        rec.detail = {"job_images_per_s": job.get("images_per_s"), "rows_failed": job.get("table", {}).get("rows_failed")}
+        rec.detail = {"note": f"Ray start included; the job itself: {job.get('images_per_s') or 0:.1f} images/s",
+                      "rows_failed": (job.get("table") or {}).get("rows_failed")}
         state["commands"].append(_shell(features_argv))
         state["features"] = {k: job.get(k) for k in ("model_version", "processed", "already_written", "images_per_s",
                                                      "rows_ok", "rows_failed", "seconds")}
@@ -266,16 +267,26 @@ def _shell(argv: list[str]) -> str:
 
 
 def _progress_printer():
-    """A one-line progress printer on stderr (\\r-updated), used for in-process loops."""
-    last = {"label": None, "t": 0.0}
+    """Progress of in-process loops on stderr: one \r-updated line on a terminal, else a line
+    at every quarter (CI logs stay readable)."""
+    tty = sys.stderr.isatty()
+    last = {"label": None, "t": 0.0, "quarter": -1}
 
     def show(label: str, done: int, total: int) -> None:
-        now = time.time()
-        if label == last["label"] and done < total and now - last["t"] < 0.5:
-            return
-        last.update(label=label, t=now)
-        end = "\n" if done >= total else ""
-        sys.stderr.write(f"\r      {label}: {done}/{total}{end}")
+        if label != last["label"]:
+            last.update(label=label, t=0.0, quarter=-1)
+        if tty:
+            now = time.time()
+            if done < total and now - last["t"] < 0.5:
+                return
+            last["t"] = now
+            sys.stderr.write(f"\r      {label}: {done}/{total}" + ("\n" if done >= total else ""))
+        else:
+            quarter = 4 * done // max(total, 1)
+            if quarter == last["quarter"]:
+                return
+            last["quarter"] = quarter
+            sys.stderr.write(f"      {label}: {done}/{total}\n")
         sys.stderr.flush()
 
     return show

@@ -71,28 +71,30 @@ def plot_curves(curves: dict, path: Path) -> Path:
     return path
 
 
-def _thumbnail(path: Path, size: int = 192) -> np.ndarray:
-    from PIL import Image
+def _thumbnail(path: Path, width: int = 192, height: int = 144) -> np.ndarray:
+    """The photo centre-cropped to 4:3 and resized, so the grid's cells line up."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            return np.asarray(im)
+            return np.asarray(ImageOps.fit(im.convert("RGB"), (width, height)))
     except (OSError, ValueError):
-        return np.full((size, size, 3), 200, np.uint8)
+        return np.full((height, width, 3), 200, np.uint8)
 
 
 def plot_figure3(figure3: dict, album_root: Path, path: Path) -> Path:
     plt = _plt()
-    rows = [("generic", "top 8 by the generic score"), ("personalized", "top 8 after personalization")]
-    n = max(len(figure3["rows"][key]) for key, _ in rows)
-    fig, axes = plt.subplots(2, n, figsize=(1.75 * n, 4.6), squeeze=False)
+    rows = [("generic", "Top 8 by the generic score"), ("personalized", "Top 8 after personalization")]
+    n = max(1, max(len(figure3["rows"][key]) for key, _ in rows))
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 4.4), squeeze=False,
+                             gridspec_kw={"hspace": 0.75, "wspace": 0.06, "top": 0.8, "bottom": 0.08,
+                                          "left": 0.01, "right": 0.99})
     for r, (key, title) in enumerate(rows):
         items = figure3["rows"][key]
         mean = figure3["mean_user_score"][key]
-        axes[r][0].set_title(f"{title}: the user's mean score {mean:.2f}", loc="left", fontsize=9,
-                             fontweight="bold")
+        top = axes[r][0].get_position().y1
+        fig.text(0.01, top + 0.025, f"{title}: the user's mean score {mean:.2f}", fontsize=9.5,
+                 fontweight="bold", va="bottom")
         for c in range(n):
             ax = axes[r][c]
             ax.axis("off")
@@ -100,11 +102,10 @@ def plot_figure3(figure3: dict, album_root: Path, path: Path) -> Path:
                 continue
             item = items[c]
             ax.imshow(_thumbnail(album_root / item["image_id"]))
-            ax.text(0.5, -0.08, f"user {item['user_score']:.0f}  ·  model {item['score']:.2f}",
+            ax.text(0.5, -0.06, f"user {item['user_score']:.0f} · model {item['score']:.2f}",
                     transform=ax.transAxes, ha="center", va="top", fontsize=7.5)
-    fig.suptitle(f"Simulated user {figure3['user']} after {figure3['n_ratings']} ratings "
-                 "(photos the user had not rated)", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"Simulated user {figure3['user']} after {figure3['n_ratings']} ratings: "
+                 "the photos the user had not rated", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -153,7 +154,8 @@ def render_html(summary: dict, images: dict[str, str]) -> str:
     album, panel, generic = summary["album"], summary["panel"], summary["generic"]
     personal, service = summary["personalization"], summary.get("service", {})
     stage_rows = [[html.escape(s["title"]), f"{s['seconds']:.1f}",
-                   f"{s['per_s']:.1f} {html.escape(s['unit'])}/s" if s.get("per_s") else ""] for s in summary["stages"]]
+                   f"{s['per_s']:.1f} {html.escape(s['unit'])}/s" if s.get("per_s") else "",
+                   html.escape(s.get("note", ""))] for s in summary["stages"]]
     source_rows = [[html.escape(s.get("name", "")), html.escape(s.get("licence", "")),
                     html.escape(s.get("credit", s.get("folder", ""))),
                     f"<a href='{html.escape(s['url'])}'>source</a>" if s.get("url") else ""]
@@ -173,7 +175,7 @@ def render_html(summary: dict, images: dict[str, str]) -> str:
         "pipeline and is not a measure of real taste.</div>",
         "<h2>Photos</h2>", f"<p>{html.escape(album['description'])}</p>",
         _table(["photo", "licence", "credit / folder", ""], source_rows),
-        "<h2>Stages</h2>", _table(["stage", "seconds", "rate"], stage_rows),
+        "<h2>Stages</h2>", _table(["stage", "seconds", "rate", ""], stage_rows),
         f"<img src='{images['timings']}' alt='seconds per stage'>",
         "<h2>Simulated panel</h2>",
         f"<p>{panel['config']['n_images']} photos: {panel['n_train_images']} rated by "
