@@ -393,6 +393,7 @@ def run_job(config: JobConfig) -> dict:
         "images_per_s": (processed["ok"] + processed["failed"]) / processed["seconds"] if processed["seconds"] else 0.0,
         "pipeline_seconds": processed["seconds"], "attempts": attempts, "retried_errors": retried_errors,
         "failures": [{"image_id": i, "error": e} for i, e in processed["failures"][:20]],
+        "ray_stages": processed.get("stages", [[]])[-1],
         "plan": plan.as_dict() if plan else None,
     })
     if todo.num_rows:
@@ -463,7 +464,10 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
     ds = ray.data.from_arrow(chunks)
     ds = ds.map_batches(read_and_decode, batch_size=config.decode_batch, batch_format="numpy",
                         fn_kwargs={"filesystem": sources.filesystem, "read_threads": config.read_threads},
-                        num_cpus=plan.decode_cpus)
+                        num_cpus=plan.decode_cpus,
+                        # remote args unlike the actors' keep decoding a task stage of its own: fused
+                        # into the scoring actors, it would leave a GPU idle while its actor decodes
+                        max_retries=3)
     # min_size 1: the job goes on when a node (and its actor) is lost and nothing can replace it
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors)
     ds = ds.map_batches(Scorer, batch_size=config.batch_size, batch_format="numpy",
@@ -486,7 +490,16 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
         processed["ok"] += writer.ok
         processed["failed"] += writer.failed
         processed["failures"].extend(writer.failures)
+        processed.setdefault("stages", []).append(_stage_lines(ds))
         bar.close()
+
+
+def _stage_lines(ds) -> list[str]:
+    """Ray Data's per-operator summary lines (which stages ran, fused or not, and their time)."""
+    try:
+        return [line.strip() for line in ds.stats().splitlines() if line.startswith("Operator")]
+    except Exception:  # stats are a report, never a reason to fail the job
+        return []
 
 
 def _progress(total: int, enabled: bool):
