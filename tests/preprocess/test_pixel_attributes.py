@@ -167,11 +167,14 @@ def test_repetition_a_tiled_motif_repeats():
 @pytest.mark.photos
 def test_calibration_matches_the_shared_photos(shared_photos):
     """CALIBRATION is fit_calibration over the 1,000 shared photos; refit when a measure changes."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from export.preprocess import decode_file
 
     paths = sorted(shared_photos.glob("*.JPEG"))
     assert len(paths) >= 1000
-    raw = np.array([raw_measures(decode_file(p)) for p in paths])
+    with ThreadPoolExecutor(4) as pool:
+        raw = np.array(list(pool.map(lambda p: raw_measures(decode_file(p)), paths)))
     fitted = fit_calibration(raw)
     for name in ATTRIBUTE_NAMES:
         np.testing.assert_allclose(fitted[name], CALIBRATION[name], rtol=0.02, atol=1e-3, err_msg=name)
