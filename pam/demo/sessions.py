@@ -15,7 +15,6 @@ from __future__ import annotations
 import http.client
 import json
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -113,9 +112,13 @@ def _improvement(reply: dict, truth: dict[str, float], rated: set[str]) -> tuple
 def run_session(client: Client, user, strategy: str, budget: int, seed: int,
                 tick: Callable[[], None] | None = None) -> SessionResult:
     """One user's session with one strategy: `budget` ratings, a re-rank after each."""
-    run_tag = uuid.uuid4().hex[:6]  # a fresh service user per run, so a rerun starts from no ratings
-    service_user = f"{user.user_id}-{strategy}-{run_tag}"
+    service_user = f"{user.user_id}-{strategy}"  # Active-PAM's seed derives from it: reproducible runs
     base = f"/v1/users/{quote(service_user)}"
+    try:  # a rerun starts from no ratings
+        client.call("DELETE", base)
+    except ServiceError as exc:
+        if "HTTP 404" not in str(exc):
+            raise
     truth = dict(zip(user.image_ids, user.scores.tolist(), strict=True))
     client.call("POST", f"{base}/album", {"image_ids": list(user.image_ids)})
     result = SessionResult(user.user_id, strategy, service_user)
