@@ -161,6 +161,7 @@ class TritonServer:
                 process.wait(timeout=10)
         if process is not None:
             _signal_group(process.pid, signal.SIGKILL)  # stubs left behind by a dead server
+            _wait_group_gone(process.pid, timeout=10)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -170,6 +171,28 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Until no live process of the group is left (SIGKILL is delivered asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _live_members(pgid):
+        time.sleep(0.05)
+
+
+def _live_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):  # fields: state, ppid, pgrp
+            members.append(int(entry))
+    return members
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from export.triton_repo import MODEL_NAME, write_triton_repository
-from serving.backends import OnnxRuntimeBackend, TritonBackend
+from serving.backends import BackendUnavailable, OnnxRuntimeBackend, TritonBackend
 from serving.triton_server import TritonServer, TritonServerError
 from tests.triton.fixtures import require_triton_env
 
@@ -94,15 +94,21 @@ def test_a_model_that_cannot_load_fails_the_start_with_its_log(tiny_onnx_model, 
 def test_stop_ends_the_server_and_its_python_stubs(tiny_onnx_model, tmp_path):
     require_triton_env()
     write_triton_repository(tiny_onnx_model, tmp_path, "cpu", 2)
+    image = np.zeros((1, 256, 256, 3), np.uint8)
     with TritonServer(tmp_path) as server:
         pgid = server._process.pid
         members = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
         assert len(members) >= 2  # tritonserver and the model's Python stub
-        with TritonBackend(server.grpc_url, protocol="grpc") as backend:
-            assert backend.score(np.zeros((1, 256, 256, 3), np.uint8))["aes_feat"].shape == (1, 176)
+        backends = [TritonBackend(server.http_url), TritonBackend(server.grpc_url, protocol="grpc")]
+        for backend in backends:
+            assert backend.score(image)["aes_feat"].shape == (1, 176)
     assert not server.is_ready()
     for pid in members:
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in _state(pid), pid
+    for backend in backends:  # a server gone mid-life: a clear, retryable error
+        with pytest.raises(BackendUnavailable, match="inference failed"):
+            backend.score(image)
+        backend.close()
 
 
 def _state(pid: str) -> str:
