@@ -165,10 +165,12 @@ class TritonBackend:
         self._closed = False
         self._client = self._thread_client()
         try:
-            config = self._check_ready_and_read_config()
+            self._read_model(self._check_ready_and_read_config(), max_batch_size)
         except BaseException:
             self.close()
             raise
+
+    def _read_model(self, config: dict, max_batch_size: int | None) -> None:
         server_max = int(config.get("max_batch_size", 0))
         if server_max <= 0:
             raise BackendError(f"{self._where} has max_batch_size {server_max}: the scoring graph batches")
@@ -223,7 +225,7 @@ class TritonBackend:
         except (BackendError, BackendUnavailable):
             raise
         except Exception as exc:
-            raise BackendUnavailable(f"{self._where}: inference failed ({type(exc).__name__}: {exc})") from exc
+            raise _inference_failure(self._where, exc) from exc
         return _concatenate([normalise_outputs(p, len(c)) for p, c in zip(parts, chunks, strict=True)])
 
     def _thread_client(self):
@@ -316,6 +318,22 @@ class TritonBackend:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# statuses that say "not now" rather than "not this": tritonclient's gRPC codes, HTTP codes
+_TRANSIENT_STATUSES = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED",
+                       "StatusCode.RESOURCE_EXHAUSTED", "429", "502", "503", "504"}
+
+
+def _inference_failure(where: str, exc: Exception) -> Exception:
+    """Connection trouble and overload -> BackendUnavailable; the server rejecting or failing
+    the request (bad model, an exception in the model) -> BackendError."""
+    from tritonclient.utils import InferenceServerException
+
+    text = f"{where}: inference failed ({type(exc).__name__}: {exc})"
+    if isinstance(exc, InferenceServerException) and str(exc.status()) not in _TRANSIENT_STATUSES:
+        return BackendError(text)
+    return BackendUnavailable(text)
 
 
 def _host_port(url: str) -> str:
