@@ -10,6 +10,7 @@
 # Python backend stub runs the first `python3` on PATH and links the system libpython, and it
 # needs numpy<2 (with numpy 2 every output comes back empty): hence this separate environment.
 set -euo pipefail
+CALLER_DIR=$(pwd)  # relative paths given by the caller are relative to here
 cd "$(dirname "$0")/.."
 ENV_DIR=${PAM_TRITON_ENV:-.triton-env}
 PY=${PYTHON:-python3}
@@ -53,7 +54,7 @@ start() {
   local repo="" http="" grpc="" metrics="" address=127.0.0.1
   while [ $# -gt 0 ]; do
     case "$1" in
-      --model-repository) repo=$2; shift 2 ;;
+      --model-repository) repo=$2; [[ "$repo" = /* ]] || repo="$CALLER_DIR/$repo"; shift 2 ;;
       --http-port) http=$2; shift 2 ;;
       --grpc-port) grpc=$2; shift 2 ;;
       --metrics-port) metrics=$2; shift 2 ;;
