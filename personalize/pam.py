@@ -87,12 +87,14 @@ class PAM(RegressorMixin, BaseEstimator):
         offsets = y - aes
         self.gamma_ = self._resolve_gamma(x)
         if x.shape[1] == 0 or X.shape[0] < 2 or np.ptp(offsets) == 0.0:
+            self.support_ = np.zeros(0, dtype=np.int64)
             self.support_vectors_ = np.zeros((0, x.shape[1]))
             self.dual_coef_ = np.zeros(0)
             self.intercept_ = float(np.mean(offsets))
             return self
         svr = NuSVR(nu=self.nu, C=self.C, kernel="rbf", gamma=self.gamma_, tol=self.tol)
         svr.fit(x, offsets)
+        self.support_ = np.asarray(svr.support_, dtype=np.int64)  # training rows (not serialized)
         self.support_vectors_ = np.ascontiguousarray(svr.support_vectors_, dtype=np.float64)
         self.dual_coef_ = np.ascontiguousarray(svr.dual_coef_[0], dtype=np.float64)
         self.intercept_ = float(svr.intercept_[0])

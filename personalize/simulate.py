@@ -248,7 +248,7 @@ def simulate_panel(config: PanelConfig = PanelConfig(), *, base: FeatureMatrix |
     test_pool = rng.choice(config.n_images, size=config.n_test_images, replace=False)
     split[test_pool] = "test"
     lo, hi = config.test_ratings_range
-    counts = rng.integers(lo, hi + 1, n_te)
+    counts = np.minimum(rng.integers(lo, hi + 1, n_te), config.n_test_images)  # tiny panels only
     test_images = _assign_test(rng, test_pool, counts)
     te_img = np.concatenate(test_images)
     te_wrk = np.repeat(np.arange(n_tw, n_tw + n_te), [t.size for t in test_images])

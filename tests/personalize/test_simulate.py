@@ -1,9 +1,6 @@
 """The simulated panel's frozen calibration and structure (DESIGN.md, paper section 3)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +8,6 @@ import pytest
 from personalize import simulate
 from personalize.data import load_flickr_aes
 from personalize.simulate import PanelConfig, panel_statistics, simulate_panel
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +71,12 @@ def test_seeded_and_deterministic():
     assert not np.array_equal(a.properties.aes_score, c.properties.aes_score)
 
 
-def test_pam_simulate_writes_a_loadable_flickr_aes_dataset(tmp_path):
+def test_pam_simulate_writes_a_loadable_flickr_aes_dataset(tmp_path, capsys):
+    from pam.cli import main
+
     out = tmp_path / "panel"
-    proc = subprocess.run([sys.executable, "-m", "pam.cli", "simulate", "--out", str(out), "--scale", "0.05",
-                           "--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout)
+    assert main(["simulate", "--out", str(out), "--scale", "0.05", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["statistics"]["n_test_images"] > 0
     data = load_flickr_aes(out / "ratings.csv", out / "test_workers.txt", out / "check_images.csv")
     again = simulate_panel(PanelConfig().scaled(0.05)).dataset()

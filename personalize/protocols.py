@@ -1,0 +1,241 @@
+"""The paper's evaluation protocols on a FLICKR-AES-format data set plus its feature table.
+
+- `table4`: Table 4. For every test worker and each k, 50 times: k random rated images train
+  SVM (direct SVR), FPMF and PAM; the rest test them; the score is the correlation improvement
+  rho(method) - rho(generic) on the held-out images. Reported: the mean over workers and repeats,
+  and the standard deviation over repeats of the worker-averaged improvement.
+- `active_curves`: Figure 6. For every test worker, 10 trials: all strategies start from the same
+  10 random images, then each picks one image at a time up to the largest budget; at every
+  budget the improvement is measured on the worker's images not yet rated.
+- `taste_experiment`: Figure 4 (does personal taste exist?). Real training workers with more
+  than 150 ratings and m fake workers (IM_j + Gaussian noise) each get k images; wc = sum over
+  the 20 features of |rho(feature, offset)|; all are ranked low to high by wc; the fake workers'
+  mean rank is reported. Near the middle means fakes look like people; falling with k means the
+  real workers' offsets follow x and the fakes' do not.
+- `tune_pam`: the hyperparameter grid, on TRAINING workers only.
+
+Work is spread over processes with joblib (one task per worker); every task draws from its own
+generator seeded by (seed, worker index, ...), so results do not depend on n_jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from joblib import Parallel, delayed
+
+from personalize.active import ActivePAM
+from personalize.baselines import DirectSVR, FPMFNetwork, train_fpmf
+from personalize.data import FeatureMatrix, FlickrAES
+from personalize.metrics import spearman_rho
+from personalize.pam import PAM
+from personalize.selection import SELECTORS
+
+TABLE4_METHODS = ("SVM", "FPMF", "PAM")
+ACTIVE_STRATEGIES = ("active-pam", "random", "greedy", "mcal", "qbc")
+PAPER_TABLE4 = {  # correlation improvement, mean +- std (Table 4)
+    10: {"SVM": (-0.352, 0.050), "FPMF": (-0.001, 0.003), "PAM": (0.006, 0.003)},
+    100: {"SVM": (-0.176, 0.064), "FPMF": (0.010, 0.007), "PAM": (0.039, 0.012)},
+}
+
+
+@dataclass
+class UserData:
+    worker: str
+    X: np.ndarray  # [n, 21] = [x, aes_score]
+    V: np.ndarray  # [n, 177] visual vectors
+    y: np.ndarray  # the worker's scores
+
+
+def user_data(data: FlickrAES, features: FeatureMatrix, workers: Iterable[str],
+              w_aes: float | None = None) -> list[UserData]:
+    users = []
+    for worker in workers:
+        images, scores = data.worker_ratings(worker)
+        rows = features.rows(images)
+        V = features.V(rows) if w_aes is None else features.V(rows, w_aes)
+        users.append(UserData(worker, features.X(rows), V, scores.astype(np.float64)))
+    return users
+
+
+def _run(tasks, n_jobs: int, progress: Callable[[], None] | None):
+    results = []
+    runner = Parallel(n_jobs=n_jobs, return_as="generator")
+    for result in runner(tasks):
+        results.append(result)
+        if progress is not None:
+            progress()
+    return results
+
+
+def _improvement(y, pred, generic) -> float:
+    return spearman_rho(y, pred) - spearman_rho(y, generic)
+
+
+# --- Table 4 ---------------------------------------------------------------------------------
+def fpmf_for(data: FlickrAES, features: FeatureMatrix, **kwargs) -> FPMFNetwork:
+    """FPMF's network and user prior from the training workers' ratings (never a test worker's)."""
+    train = data.ratings.subset(~np.isin(data.ratings.workers, np.asarray(sorted(data.test_workers) or [""])))
+    images, image_idx = np.unique(train.images, return_inverse=True)
+    _, user_idx = np.unique(train.workers, return_inverse=True)
+    return train_fpmf(features.X(features.rows(images)), image_idx, user_idx, train.scores, **kwargs)
+
+
+def _table4_user(u: UserData, index: int, ks: Sequence[int], repeats: int, seed: int,
+                 pam_params: dict, fpmf: FPMFNetwork | None) -> np.ndarray:
+    out = np.full((len(ks), repeats, len(TABLE4_METHODS)), np.nan)
+    n = u.y.size
+    for a, k in enumerate(ks):
+        if n < k + 3:
+            continue
+        rng = np.random.default_rng([seed, index, k])
+        for r in range(repeats):
+            perm = rng.permutation(n)
+            tr, te = perm[:k], perm[k:]
+            generic = u.X[te, -1]
+            svm = DirectSVR(**pam_params).fit(u.X[tr], u.y[tr]).predict(u.X[te])
+            pam = PAM(**pam_params).fit(u.X[tr], u.y[tr]).predict(u.X[te])
+            out[a, r, 0] = _improvement(u.y[te], svm, generic)
+            if fpmf is not None:
+                out[a, r, 1] = _improvement(u.y[te], fpmf.fit_user(u.X[tr], u.y[tr]).predict(u.X[te]), generic)
+            out[a, r, 2] = _improvement(u.y[te], pam, generic)
+    return out
+
+
+def table4(data: FlickrAES, features: FeatureMatrix, *, ks: Sequence[int] = (10, 100), repeats: int = 50,
+           seed: int = 0, n_jobs: int = 2, pam_params: dict | None = None, fpmf: FPMFNetwork | None = None,
+           progress: Callable[[], None] | None = None) -> dict:
+    """Table 4; returns per-k, per-method mean/std and the raw [users, repeats] improvements."""
+    users = user_data(data, features, sorted(data.test_workers))
+    tasks = (delayed(_table4_user)(u, i, tuple(ks), repeats, seed, dict(pam_params or {}), fpmf)
+             for i, u in enumerate(users))
+    raw = np.stack(_run(tasks, n_jobs, progress))  # [users, ks, repeats, methods]
+    result = {"ks": list(ks), "repeats": repeats, "n_users": len(users), "methods": list(TABLE4_METHODS),
+              "rows": {}, "raw": raw}
+    for a, k in enumerate(ks):
+        row = {}
+        for m, name in enumerate(TABLE4_METHODS):
+            per_repeat = np.nanmean(raw[:, a, :, m], axis=0)  # average over users
+            if (name == "FPMF" and fpmf is None) or np.all(np.isnan(per_repeat)):
+                continue
+            row[name] = {"mean": float(np.nanmean(raw[:, a, :, m])), "std": float(np.nanstd(per_repeat)),
+                         "std_over_users": float(np.nanstd(np.nanmean(raw[:, a, :, m], axis=1)))}
+        result["rows"][int(k)] = row
+    return result
+
+
+# --- Figure 6 --------------------------------------------------------------------------------
+def _active_user_trial(u: UserData, index: int, trial: int, budgets: Sequence[int], strategies: Sequence[str],
+                       seed: int, pam_params: dict) -> np.ndarray:
+    n = u.y.size
+    rng = np.random.default_rng([seed, index, trial])
+    seed_set = rng.choice(n, size=min(10, n), replace=False)
+    order_seed = int(rng.integers(2**31))
+    out = np.full((len(strategies), len(budgets)), np.nan)
+    top = min(max(budgets), n - 2)
+    for s, name in enumerate(strategies):
+        if name == "active-pam":
+            state = ActivePAM(u.V, u.X, seed=order_seed, seed_indices=seed_set, pam_params=pam_params)
+        else:
+            state = SELECTORS[name](u.V, u.X, seed=order_seed, seed_indices=seed_set, pam_params=pam_params)
+        while True:
+            n_rated = len(state.rated_indices)
+            if n_rated in budgets:
+                rest = np.setdiff1d(np.arange(n), state.rated_indices)
+                out[s, budgets.index(n_rated)] = _improvement(u.y[rest], state.model.predict(u.X[rest]),
+                                                              u.X[rest, -1])
+            if n_rated >= top:
+                break
+            (i,) = state.suggest(1)
+            state.add_rating(i, u.y[i])
+    return out
+
+
+def active_curves(data: FlickrAES, features: FeatureMatrix, *, budgets: Sequence[int] = tuple(range(10, 101, 10)),
+                  trials: int = 10, strategies: Sequence[str] = ACTIVE_STRATEGIES, seed: int = 0, n_jobs: int = 2,
+                  pam_params: dict | None = None, w_aes: float | None = None,
+                  progress: Callable[[], None] | None = None) -> dict:
+    users = user_data(data, features, sorted(data.test_workers), w_aes)
+    budgets = list(budgets)
+    tasks = (delayed(_active_user_trial)(u, i, t, budgets, list(strategies), seed, dict(pam_params or {}))
+             for i, u in enumerate(users) for t in range(trials))
+    raw = np.stack(_run(tasks, n_jobs, progress)).reshape(len(users), trials, len(strategies), len(budgets))
+    per_trial = np.nanmean(raw, axis=0)  # [trials, strategies, budgets]
+    curves = {name: {"mean": np.nanmean(raw[:, :, s, :], axis=(0, 1)).tolist(),
+                     "std_over_trials": np.nanstd(per_trial[:, s, :], axis=0).tolist()}
+              for s, name in enumerate(strategies)}
+    return {"budgets": budgets, "trials": trials, "n_users": len(users), "strategies": list(strategies),
+            "curves": curves, "raw": raw}
+
+
+# --- Figure 4 --------------------------------------------------------------------------------
+def _wc(x: np.ndarray, offsets: np.ndarray) -> float:
+    rhos = [spearman_rho(x[:, i], offsets) for i in range(x.shape[1])]
+    return float(np.nansum(np.abs(rhos)))
+
+
+def _taste_run(real: list[UserData], fake_pool_X: np.ndarray, fake_pool_im: np.ndarray, k: int, sigma: float,
+               m: int, seed: int, run: int) -> float:
+    rng = np.random.default_rng([seed, k, round(sigma * 1000), run])
+    wc = []
+    for u in real:
+        idx = rng.choice(u.y.size, size=k, replace=False)
+        wc.append(_wc(u.X[idx, :-1], u.y[idx] - u.X[idx, -1]))
+    for _ in range(m):
+        idx = rng.choice(fake_pool_im.size, size=k, replace=False)
+        score = fake_pool_im[idx] + rng.normal(0, sigma, k)
+        wc.append(_wc(fake_pool_X[idx, :-1], score - fake_pool_X[idx, -1]))
+    ranks = np.argsort(np.argsort(np.asarray(wc), kind="stable"), kind="stable") + 1  # low -> high
+    return float(ranks[len(real):].mean())
+
+
+def taste_experiment(data: FlickrAES, features: FeatureMatrix, *, ks: Sequence[int] = (10, 25, 50, 100, 150),
+                     sigmas: Sequence[float] = (0.25, 0.5, 1.0), m: int = 10, runs: int = 50,
+                     min_ratings: int = 150, seed: int = 0, n_jobs: int = 2,
+                     progress: Callable[[], None] | None = None) -> dict:
+    counts = {w: int((data.ratings.workers == w).sum()) for w in data.train_workers}
+    real = user_data(data, features, [w for w, c in counts.items() if c > min_ratings])
+    images, im, _, n = data.weighted_means(data.train_workers)
+    pool = n >= 2
+    pool_X = features.X(features.rows(images[pool]))
+    tasks = (delayed(_taste_run)(real, pool_X, im[pool], k, s, m, seed, r)
+             for k, s, r in itertools.product(ks, sigmas, range(runs)))
+    raw = np.asarray(_run(tasks, n_jobs, progress)).reshape(len(ks), len(sigmas), runs)
+    return {"ks": list(ks), "sigmas": list(sigmas), "m": m, "runs": runs, "n_real_workers": len(real),
+            "n_ranked": len(real) + m, "chance_rank": (len(real) + m + 1) / 2,
+            "mean_fake_rank": raw.mean(axis=2).tolist(), "std_fake_rank": raw.std(axis=2).tolist(), "raw": raw}
+
+
+# --- hyperparameters, on training workers only ---------------------------------------------------
+def _tune_user(u: UserData, index: int, grid: list[dict], ks: Sequence[int], repeats: int, seed: int,
+               max_test: int) -> np.ndarray:
+    out = np.full((len(grid), len(ks), repeats), np.nan)
+    for a, k in enumerate(ks):
+        rng = np.random.default_rng([seed, index, k])
+        for r in range(repeats):
+            perm = rng.permutation(u.y.size)
+            tr, te = perm[:k], perm[k:k + max_test]
+            for g, params in enumerate(grid):
+                pred = PAM(**params).fit(u.X[tr], u.y[tr]).predict(u.X[te])
+                out[g, a, r] = _improvement(u.y[te], pred, u.X[te, -1])
+    return out
+
+
+def tune_pam(data: FlickrAES, features: FeatureMatrix, grid: Sequence[dict], *, ks: Sequence[int] = (10, 100),
+             n_workers: int = 40, repeats: int = 5, max_test: int = 300, min_ratings: int = 250, seed: int = 0,
+             n_jobs: int = 2, progress: Callable[[], None] | None = None) -> dict:
+    """Mean correlation improvement of each PAM setting on random training workers."""
+    rng = np.random.default_rng(seed)
+    eligible = [w for w in data.train_workers if (data.ratings.workers == w).sum() >= min_ratings]
+    chosen = sorted(rng.choice(eligible, size=min(n_workers, len(eligible)), replace=False).tolist())
+    users = user_data(data, features, chosen)
+    grid = [dict(g) for g in grid]
+    tasks = (delayed(_tune_user)(u, i, grid, tuple(ks), repeats, seed, max_test) for i, u in enumerate(users))
+    raw = np.stack(_run(tasks, n_jobs, progress))  # [users, grid, ks, repeats]
+    means = np.nanmean(raw, axis=(0, 3))  # [grid, ks]
+    best = int(np.argmax(means.mean(axis=1)))
+    return {"workers": chosen, "ks": list(ks), "grid": grid, "mean_improvement": means.tolist(),
+            "best": grid[best], "best_by_k": {int(k): grid[int(np.argmax(means[:, a]))] for a, k in enumerate(ks)}}
