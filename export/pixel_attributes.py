@@ -70,7 +70,10 @@ CALIBRATION: Calibration = {
 
 
 def pixel_attributes(rgb: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] RGB -> float32 [10]: IC, OE, GL, CH, VC, DoF, RoT, BE, RE, SY in [-1, 1]."""
+    """uint8 [H, W, 3] RGB -> float32 [10]: IC, OE, GL, CH, VC, DoF, RoT, BE, RE, SY in [-1, 1].
+
+    Any size works; CALIBRATION was fitted on decode() outputs (256x256, aspect not kept), so
+    pass those for values comparable across paths."""
     return to_attribute_scale(raw_measures(rgb))
 
 
