@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import time
 from functools import cache
 from pathlib import Path
@@ -412,6 +413,7 @@ def _deployment():
 
         def reconfigure(self, user_config: dict) -> None:
             """Serve's user_config: {model, model_version?} switches every replica's version atomically."""
+            user_config = expand_env(dict(user_config or {}))
             model = user_config.get("model", self.service.config.model)
             version = user_config.get("model_version")
             if model != self.service.config.model or (version and version != self.service.catalog.model_version):
@@ -440,12 +442,61 @@ def deployment_options(args: dict) -> dict:
 SERVE_ONLY_KEYS = ("autoscaling", "num_replicas", "max_ongoing_requests", "num_cpus")
 
 
+def expand_env(value):
+    """${VAR} / $VAR in config strings (Serve config files carry no environment of their own)."""
+    if isinstance(value, dict):
+        return {k: expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v) for v in value]
+    if isinstance(value, str) and "$" in value:
+        expanded = os.path.expandvars(value)
+        if "$" in expanded:
+            raise ValueError(f"config value {value!r} names an environment variable that is not set")
+        return expanded
+    return value
+
+
 def build_app(args: dict):
-    """Serve application builder: args = ServiceConfig fields + optional Serve options."""
-    args = dict(args)
+    """Serve application builder: args = ServiceConfig fields + optional Serve options;
+    ${VAR} in string values is taken from the environment."""
+    args = expand_env(dict(args))
     options = deployment_options(args)
     config = ServiceConfig.from_dict({k: v for k, v in args.items() if k not in SERVE_ONLY_KEYS})
     deployment = _deployment()
     if options:
         deployment = deployment.options(**options)
     return deployment.bind(config.to_dict())
+
+
+# ---------------------------------------------------------------- Serve's direct ingress (experimental)
+def direct_ingress_env(base_port: int, span: int = 12) -> dict[str, str]:
+    """Environment for Serve's throughput-optimized mode: each ingress replica serves HTTP on its own
+    port in [base_port, base_port + span) (bound to http_options' host), skipping the proxy hop.
+    Must be in the environment before ray.init (the controller and replicas read it at start)."""
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(base_port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base_port + span),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base_port + span),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base_port + 2 * span),
+            # the 30 s default drain waits for an external load balancer to stop sending; none here
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+
+
+def find_replica_ports(host: str, low: int, high: int, expect: int = 1, timeout_s: float = 60) -> list[str]:
+    """Base URLs of this service's replicas among direct-ingress ports (they answer /v1/healthz)."""
+    import urllib.request
+
+    found: set[str] = set()
+    deadline = time.time() + timeout_s
+    while True:
+        for port in range(low, high):
+            base = f"http://{host}:{port}"
+            try:
+                with urllib.request.urlopen(f"{base}{m.API_PREFIX}/healthz", timeout=2) as response:
+                    if response.read() == b'{"status":"ok"}':
+                        found.add(base)
+            except OSError:
+                continue
+        if len(found) >= expect or time.time() > deadline:
+            return sorted(found)
+        time.sleep(0.5)

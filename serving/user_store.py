@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +238,24 @@ class UserStore(ABC):
                            "ratings_version, n_ratings, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            (tenant, user_id, request_id, digest, version, n_ratings, now))
         return RatingsAck(version, n_ratings, replayed=False)
+
+    def import_users(self, users: Mapping[str, Sequence[tuple[str, float]]], tenant: str = DEFAULT_TENANT) -> int:
+        """Bulk-load new users with their ratings in one transaction (seeding, migrations,
+        benchmarks); rated photos form each album. Existing users are refused."""
+        now = time.time()
+        with self._transaction(write=True) as cur:
+            clash = [u for u in users if self._lock_user(cur, tenant, u) is not None]
+            if clash:
+                raise ValueError(f"{len(clash)} users exist already, e.g. {clash[0]!r}")
+            cur.executemany(self._sql("INSERT INTO pam_users (tenant, user_id, ratings_version, album_version, "
+                                      "generation, created_at) VALUES (?, ?, 1, 1, ?, ?)"),
+                            [(tenant, u, uuid.uuid4().hex, now) for u in users])
+            cur.executemany(self._sql("INSERT INTO pam_ratings (tenant, user_id, image_id, score, seq, rated_at) "
+                                      "VALUES (?, ?, ?, ?, 1, ?)"),
+                            [(tenant, u, i, float(s), now) for u, rs in users.items() for i, s in rs])
+            cur.executemany(self._sql("INSERT INTO pam_album (tenant, user_id, image_id, position) VALUES (?, ?, ?, ?)"),
+                            [(tenant, u, i, k) for u, rs in users.items() for k, (i, _) in enumerate(rs)])
+        return len(users)
 
     def versions(self, user_id: str, tenant: str = DEFAULT_TENANT) -> Versions:
         """The user's change counters (one indexed read: the hot path's freshness check)."""

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.ray]
 
 
 def test_pam_serve_answers_without_torch_and_stops_cleanly(feature_env, tmp_path):
+    """Also with --direct-ingress: the proxy port and the replica's own port both answer."""
     blocker = tmp_path / "no-torch" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is blocked: the service must run without it')\n")
@@ -28,7 +29,7 @@ def test_pam_serve_answers_without_torch_and_stops_cleanly(feature_env, tmp_path
     command = [sys.executable, "-m", "pam.cli", "serve", "--json", "--features", feature_env["feature_root"],
                "--model", feature_env["model"], "--photos", feature_env["photos_root"],
                "--users", f"sqlite:///{tmp_path / 'users.db'}", "--port", str(port), "--num-cpus", "2",
-               "--duration", "120"]
+               "--duration", "120", "--direct-ingress"]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -45,6 +46,11 @@ def test_pam_serve_answers_without_torch_and_stops_cleanly(feature_env, tmp_path
         reply = requests.post(f"{url}/v1/users/cli/rerank", json={"candidates": feature_env["ids"][:5]}, timeout=30)
         assert reply.status_code == 200 and reply.json()["fallback"], reply.text
         assert (tmp_path / "users.db").exists()
+        direct = re.search(r"direct ingress \(no proxy hop\): (http://\S+)", proc.stderr.readline())
+        assert direct, "no direct-ingress line"
+        again = requests.post(f"{direct.group(1)}/v1/users/cli/rerank", json={"candidates": feature_env["ids"][:5]},
+                              timeout=30)
+        assert again.json()["image_ids"] == reply.json()["image_ids"]
         os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=90)
         summary = json.loads(out.strip().splitlines()[-1])

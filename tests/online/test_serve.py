@@ -33,7 +33,7 @@ def serve_env(feature_env, tmp_path_factory):
     from serving.app import build_app
 
     metrics_port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port,
              _system_config={"metrics_report_interval_ms": 1000})
     port = free_port()
     store_url = f"sqlite:///{tmp_path_factory.mktemp('serve-users') / 'users.db'}"

@@ -128,3 +128,22 @@ def test_url_parsing(tmp_path):
         open_user_store("mysql://x")
     with open_user_store(tmp_path / "plain.db") as store:
         assert store.url.startswith("sqlite:///")
+
+
+def test_bulk_import_users(store):
+    n = store.import_users({"u1": [("a", 3), ("b", 5)], "u2": [("c", 1)]})
+    assert n == 2
+    snap = store.snapshot("u1")
+    assert dict(zip(snap.rated_ids, snap.scores, strict=True)) == {"a": 3.0, "b": 5.0} and snap.album == ["a", "b"]
+    store.add_ratings("u2", [("c", 4)])
+    assert store.snapshot("u2").scores == [4.0] and store.versions("u2").ratings == 2
+    with pytest.raises(ValueError, match="exist already"):
+        store.import_users({"u1": [("z", 1)]})
+
+
+def test_recreated_user_gets_a_new_generation(store):
+    store.create_user("gen")
+    first = store.versions("gen")
+    store.delete_user("gen")
+    store.create_user("gen")
+    assert store.versions("gen").generation != first.generation
