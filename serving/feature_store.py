@@ -19,6 +19,7 @@ another replica or process become visible without a restart.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -68,6 +69,13 @@ class _Segment:
         keys = _single_chunk(index.column("key"))
         self.width = keys.type.byte_width
         self.keys = _view(keys, f"S{self.width}", 1, self.width)
+        self.hashes = _view(_single_chunk(index.column("hash")), np.uint64, 1, 8)
+        # bucket directory over the hash's top bits, ~2 rows per bucket (4 bytes a bucket)
+        bits = max(1, min(30, int(np.ceil(np.log2(max(n, 2)))) - 1))
+        self._shift = np.uint64(64 - bits)
+        counts = np.bincount((self.hashes >> self._shift).astype(np.intp), minlength=1 << bits)
+        self._starts = np.zeros((1 << bits) + 1, np.int64 if n >= 2**31 else np.int32)
+        np.cumsum(counts, out=self._starts[1:])
         self.aes_score = _view(_single_chunk(index.column("aes_score")), np.float32, 1, 4)
         for name in ("aes_feat", "attributes", "content"):
             setattr(self, name, _list_view(_single_chunk(index.column(name)), _WIDTHS[name]))
@@ -75,12 +83,35 @@ class _Segment:
         self.failed = self.errors.is_valid().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
 
     def find(self, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """(hit mask, row positions) for each queried id."""
+        """(hit mask, row positions) for each queried id.
+
+        The top bits of an id's 64-bit hash pick a bucket of the sorted hash column (about two
+        rows each); a vectorised probe walks the buckets of all queries at once, checking the key
+        where the hash matches. One or two cache misses per id, where a binary search over
+        millions of rows takes ~20 steps and misses on the last several.
+        """
+        n_ids = len(ids)
         if self.n == 0:
-            return np.zeros(len(ids), bool), np.zeros(len(ids), np.intp)
+            return np.zeros(n_ids, bool), np.zeros(n_ids, np.intp)
         queries = ft.id_keys(ids, width=self.width, strict=False)
-        positions = np.minimum(np.searchsorted(self.keys, queries), self.n - 1)
-        hit = (self.keys[positions] == queries) & (queries != b"")
+        hashes = ft.key_hashes(queries)
+        bucket = (hashes >> self._shift).astype(np.intp)
+        positions = self._starts[bucket].astype(np.intp)
+        ends = self._starts[bucket + 1]
+        hit = np.zeros(n_ids, bool)
+        todo = np.flatnonzero((positions < ends) & (queries != b""))
+        while todo.size:
+            at = positions[todo]
+            row_hash, wanted = self.hashes[at], hashes[todo]
+            match = row_hash == wanted
+            if match.any():
+                match[match] = self.keys[at[match]] == queries[todo[match]]
+            hit[todo[match]] = True
+            # the bucket is sorted: go on while its hashes are smaller (or equal: a collision)
+            go_on = todo[~match & (row_hash <= wanted)]
+            positions[go_on] += 1
+            todo = go_on[positions[go_on] < ends[go_on]]
+        np.minimum(positions, self.n - 1, out=positions)
         return hit, positions
 
     def ids(self) -> list[str]:
@@ -128,6 +159,8 @@ class FeatureStore:
         self._root = root
         self._follow_current = follow_current
         self._lock = threading.RLock()
+        self._online_stamp: dict[str, float | int | None] = {}
+        self.online_poll_s = 1.0  # object storage: how often a miss may re-list the online rows
         self._snap = self._load(model_version or ft.current_version(root, fs))
 
     @classmethod
@@ -160,20 +193,30 @@ class FeatureStore:
         hit_b, pos_b = snap.batch.find(ids)
         if not hit_b.all():
             snap = self._refresh_online(snap)
-        hit_o, pos_o = snap.online.find(ids)
-        hit_o &= ~hit_b
+        if snap.online.n:
+            hit_o, pos_o = snap.online.find(ids)
+            hit_o &= ~hit_b
+        else:
+            hit_o, pos_o = np.zeros(len(ids), bool), pos_b
         failed_b = hit_b & snap.batch.failed[pos_b] if snap.batch.n else hit_b
         failed_o = hit_o & snap.online.failed[pos_o] if snap.online.n else hit_o
         ok_b, ok_o = hit_b & ~failed_b, hit_o & ~failed_o
-        ok = ok_b | ok_o
-        id_objects = np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object)
+        ok = np.flatnonzero(ok_b | ok_o)
+        id_objects = np.empty(len(ids), dtype=object)
+        id_objects[:] = image_ids if isinstance(image_ids, list) else ids.to_pylist()
         rows = {}
-        for name in FEATURE_NAMES:
-            width = _WIDTHS.get(name)
-            out = np.empty((len(ids),) if width is None else (len(ids), width), np.float32)
-            out[ok_b] = getattr(snap.batch, name)[pos_b[ok_b]]
-            out[ok_o] = getattr(snap.online, name)[pos_o[ok_o]]
-            rows[name] = out[ok]
+        if not ok_o.any():  # the common case: one gather per column straight from the index
+            take = pos_b[ok]
+            for name in FEATURE_NAMES:
+                rows[name] = np.take(getattr(snap.batch, name), take, axis=0)
+        else:
+            from_online = ok_o[ok]
+            for name in FEATURE_NAMES:
+                width = _WIDTHS.get(name)
+                out = np.empty((len(ok),) if width is None else (len(ok), width), np.float32)
+                out[~from_online] = np.take(getattr(snap.batch, name), pos_b[ok][~from_online], axis=0)
+                out[from_online] = np.take(getattr(snap.online, name), pos_o[ok][from_online], axis=0)
+                rows[name] = out
         failed = {}
         for segment, mask, positions in ((snap.batch, failed_b, pos_b), (snap.online, failed_o, pos_o)):
             if mask.any():
@@ -219,7 +262,7 @@ class FeatureStore:
     def compact_online(self) -> int:
         """Merge the online files of this version into one (atomic); returns how many it merged."""
         with self._lock:
-            snap = self._refresh_online(self._snap)
+            snap = self._refresh_online(self._snap, force=True)
             names = sorted(snap.online_files)
             if len(names) < 2:
                 return 0
@@ -244,7 +287,7 @@ class FeatureStore:
         version = ft.current_version(self._root, self._fs) if self._follow_current else snap.model_version
         digest = ft.read_manifest(self._root, version, self._fs)["digest"]
         if version == snap.model_version and digest == snap.digest:
-            self._refresh_online(snap)
+            self._refresh_online(snap, force=True)
             return False
         new = self._load(version)
         with self._lock:
@@ -261,7 +304,7 @@ class FeatureStore:
         empty_rows = ft.FEATURE_SCHEMA.empty_table()
         empty = _Segment(ft.index_table(empty_rows, "", version))
         snap = _Snapshot(version, manifest["digest"], batch, empty_rows, empty, frozenset(), 0)
-        return self._refresh_online(snap, install=False)
+        return self._refresh_online(snap, install=False, force=True)
 
     def _open_index(self, version: str, manifest: Mapping) -> _Segment:
         path = ft.join(ft.version_dir(self._root, version), ft.INDEX_NAME)
@@ -290,8 +333,8 @@ class FeatureStore:
             return None
         reader = pa.ipc.open_file(source)
         meta = reader.schema.metadata or {}
-        if meta.get(ft.META_MANIFEST_DIGEST, b"").decode() != digest:
-            return None  # built for an earlier manifest of this version
+        if meta.get(ft.META_MANIFEST_DIGEST, b"").decode() != digest or "hash" not in reader.schema.names:
+            return None  # built for an earlier manifest of this version (or an older layout)
         return _Segment(reader.read_all(), source)
 
     def _list_online(self, version: str) -> frozenset[str]:
@@ -311,8 +354,29 @@ class FeatureStore:
             tables.append(ft.check_table(table).replace_schema_metadata(None))
         return pa.concat_tables(tables) if tables else ft.FEATURE_SCHEMA.empty_table()
 
-    def _refresh_online(self, snap: _Snapshot, install: bool = True) -> _Snapshot:
+    def _online_unchanged(self, version: str) -> bool:
+        """Cheap check before listing the online rows. A local directory's mtime moves whenever a
+        file is renamed in or removed (a stamp younger than 0.1 s is not trusted: mtimes are only
+        as fine as the kernel's clock tick); object storage is re-listed every `online_poll_s`."""
+        previous = self._online_stamp.get(version)
+        if not ft.is_local(self._fs):
+            now = time.monotonic()
+            if previous is not None and now - previous < self.online_poll_s:
+                return True
+            self._online_stamp[version] = now
+            return False
+        try:
+            stamp = os.stat(ft._local_path(self._fs, ft.online_dir(self._root, version))).st_mtime_ns
+        except FileNotFoundError:
+            stamp = 0
+        settled = time.time_ns() - stamp > 100_000_000
+        self._online_stamp[version] = stamp if settled else None
+        return previous is not None and previous == stamp
+
+    def _refresh_online(self, snap: _Snapshot, install: bool = True, force: bool = False) -> _Snapshot:
         """Pick up online files written since `snap` (by any process)."""
+        if not force and self._online_unchanged(snap.model_version):
+            return snap
         names = self._list_online(snap.model_version)
         new_names = sorted(names - snap.online_files)
         if not new_names:

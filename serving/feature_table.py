@@ -398,27 +398,28 @@ def file_metadata(path: str, filesystem: pafs.FileSystem | None = None) -> dict[
 # ---------------------------------------------------------------- the sorted IPC index
 
 def index_table(table: pa.Table, digest: str, model_version: str) -> pa.Table:
-    """Rows sorted by image_id bytes, one row per id (first kept), ids as fixed-width keys.
+    """Rows ordered by (hash of id, id), one row per id (the first kept), ids as fixed-width keys.
 
-    Columns: key fixed_size_binary(K) (UTF-8 id, NUL-padded: numpy reads it as dtype S<K> with no
-    copy), aes_score, aes_feat, attributes, content, error. Sorted so np.searchsorted finds ids.
+    Columns: hash uint64 (sorted: np.searchsorted finds ids), key fixed_size_binary(K) (the UTF-8
+    id, NUL-padded: numpy reads it as dtype S<K> with no copy), aes_score, aes_feat, attributes,
+    content, error.
     """
     table = check_table(table).select(list(FEATURE_COLUMNS))
-    ids = table.column("image_id").combine_chunks()
-    keys = id_keys(ids)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
+    keys = id_keys(table.column("image_id").combine_chunks())
+    hashes = key_hashes(keys)
+    order = np.lexsort((keys, hashes))
     keep = np.ones(len(order), dtype=bool)
-    keep[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    keep[1:] = keys[order][1:] != keys[order][:-1]
     order = order[keep]
     width = keys.dtype.itemsize
     key_array = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(order),
                                                      [None, pa.py_buffer(keys[order].tobytes())])
     taken = table.take(pa.array(order)).combine_chunks()
-    columns = [key_array] + [taken.column(n).chunk(0) if taken.column(n).num_chunks else
-                             pa.array([], FEATURE_SCHEMA.field(n).type)
-                             for n in ("aes_score", "aes_feat", "attributes", "content", "error")]
-    names = ["key", "aes_score", "aes_feat", "attributes", "content", "error"]
+    columns = [pa.array(hashes[order], pa.uint64()), key_array]
+    for name in ("aes_score", "aes_feat", "attributes", "content", "error"):
+        column = taken.column(name)
+        columns.append(column.chunk(0) if column.num_chunks else pa.array([], FEATURE_SCHEMA.field(name).type))
+    names = ["hash", "key", "aes_score", "aes_feat", "attributes", "content", "error"]
     meta = {META_FORMAT: str(FORMAT_VERSION).encode(), META_MODEL_VERSION: model_version.encode(),
             META_MANIFEST_DIGEST: digest.encode()}
     return pa.Table.from_arrays(columns, names=names).replace_schema_metadata(meta)
@@ -432,32 +433,63 @@ def id_keys(ids: pa.Array | Sequence[str], width: int | None = None, strict: boo
     never empty), so lookups report them missing.
     """
     ids = pa.array(ids, type=pa.string()) if not isinstance(ids, pa.Array) else ids
-    ids = ids.cast(pa.binary())
+    if ids.null_count:
+        raise ValueError("image ids must not be null")
     n = len(ids)
     if n == 0:
         return np.zeros(0, dtype=f"S{width or 1}")
-    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=n + 1, offset=ids.offset * 4)
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=n + 1, offset=ids.offset * 4).astype(np.int64)
     data = ids.buffers()[2]
     data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    data = data[offsets[0]:offsets[-1]]
+    offsets -= offsets[0]
     lengths = np.diff(offsets)
     has_nul = np.zeros(n, dtype=bool)
-    nul_at = np.flatnonzero(data[offsets[0]:offsets[-1]] == 0) + offsets[0]
+    nul_at = np.flatnonzero(data == 0)
     if len(nul_at):
         has_nul[np.searchsorted(offsets, nul_at, side="right") - 1] = True
     bad = has_nul | (lengths == 0)
     if strict and bad.any():
         raise ValueError("image ids must be non-empty and hold no NUL character")
     width = max(1, int(lengths.max())) if width is None else width
-    lengths = np.where(bad | (lengths > width), 0, lengths)
-    out = np.zeros((n, width), dtype=np.uint8)
-    columns = np.arange(width)
+    bad |= lengths > width
+    out = np.zeros(n * width, dtype=np.uint8)
     step = max(1, (1 << 22) // width)  # bounded scratch memory for tables of millions of rows
     for start in range(0, n, step):
         stop = min(n, start + step)
-        inside = columns[None, :] < lengths[start:stop, None]
-        block = out[start:stop]
-        block[inside] = data[(offsets[start:stop, None] + columns[None, :])[inside]]
-    return out.view(f"S{width}").reshape(n)
+        keep = ~bad[start:stop]
+        rows = np.arange(start, stop)[keep]
+        counts = lengths[start:stop][keep]
+        begins = offsets[start:stop][keep]
+        if not len(rows):
+            continue
+        # destination of every byte: row * width + position in its id
+        source = np.repeat(begins, counts) + _ramp(counts)
+        out[np.repeat(rows * width, counts) + _ramp(counts)] = data[source]
+    return out.view(f"S{width}")
+
+
+def _ramp(counts: np.ndarray) -> np.ndarray:
+    """[0..c0-1, 0..c1-1, ...] for counts [c0, c1, ...], vectorised."""
+    total = int(counts.sum())
+    ends = np.cumsum(counts)
+    return np.arange(total) - np.repeat(ends - counts, counts)
+
+
+def key_hashes(keys: np.ndarray) -> np.ndarray:
+    """64-bit hashes of fixed-width keys (S<w>), 8 bytes at a time: sorted, they make lookups an
+    integer searchsorted. Equal keys hash equal; rare collisions are resolved by comparing keys."""
+    n, width = len(keys), keys.dtype.itemsize
+    words = -(-width // 8)
+    padded = np.zeros((n, words * 8), np.uint8)
+    padded[:, :width] = keys.view(np.uint8).reshape(n, width)
+    h = np.full(n, 0xCBF29CE484222325, np.uint64)
+    prime, shift = np.uint64(0x100000001B3), np.uint64(29)
+    for word in padded.view(np.uint64).T:
+        h ^= word
+        h *= prime
+        h ^= h >> shift
+    return h
 
 
 def write_index(root: str, model_version: str, filesystem: pafs.FileSystem | None = None,

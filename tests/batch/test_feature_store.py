@@ -155,3 +155,21 @@ def test_open_refuses_incomplete_versions(tmp_path, rng):
         FeatureStore.open(str(tmp_path), model_version="v1")
     with pytest.raises(ft.NoCurrentVersionError):
         FeatureStore.open(str(tmp_path))
+
+
+def test_hash_collisions_are_resolved_by_key(tmp_path, rng, monkeypatch):
+    """With a hash that collides for every id, lookups must still be exact (the key decides)."""
+    monkeypatch.setattr(ft, "key_hashes", lambda keys: np.full(len(keys), 7, np.uint64))
+    ids, features = publish(tmp_path, "v1", rng, n=30)
+    store = FeatureStore.open(str(tmp_path))
+    asked = [ids[29], "img/nope.jpg", ids[0], ids[17]]
+    found, missing = store.lookup(asked)
+    assert found.image_ids == [ids[29], ids[0], ids[17]] and missing == ["img/nope.jpg"]
+    np.testing.assert_array_equal(found.aes_feat, features["aes_feat"][[29, 0, 17]].astype(np.float32))
+
+
+def test_ids_longer_than_any_stored_or_with_nul_are_missing(tmp_path, rng):
+    ids, _ = publish(tmp_path, "v1", rng, n=5)
+    store = FeatureStore.open(str(tmp_path))
+    found, missing = store.lookup([ids[0] + "x" * 50, ids[0] + "\0", "", ids[1]])
+    assert found.image_ids == [ids[1]] and len(missing) == 3
