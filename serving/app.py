@@ -27,7 +27,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import api_models as m
-from serving.api_models import ApiError, check_user_id, parse_json, parse_rerank
+from serving.api_models import ApiError, check_user_id, decode_bulk, decode_rerank, parse_json
 from serving.service import (
     THUMBNAIL_SIZES,
     LocalModelCache,
@@ -307,7 +307,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         PAM model; a user with no ratings gets the generic scores, with `fallback` saying so."""
         t = tenant(request)
         check_user_id(user_id)
-        query = parse_rerank(parse_json(await request.body()))
+        query = decode_rerank(await request.body())
         model, catalog = await fresh_model(t, user_id)
         return JSONBytes(encode_json(svc.rerank(model, query, catalog)))
 
@@ -317,17 +317,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         """Many re-rank queries in one request (up to 64). A query that fails (unknown user or
         images) gets {user_id, error, detail} in its place; the others are answered."""
         t = tenant(request)
-        data = parse_json(await request.body())
-        queries = data.get("queries") if isinstance(data, dict) and set(data) == {"queries"} else None
-        if not isinstance(queries, list) or not queries:
-            raise ApiError(422, "invalid_body", "body must be an object {queries: [{user_id, candidates|items, top_k?}]}")
-        if len(queries) > m.MAX_BULK_QUERIES:
-            raise ApiError(413, "too_many_items", f"{len(queries)} queries; at most {m.MAX_BULK_QUERIES} per request",
-                           limit=m.MAX_BULK_QUERIES)
-        parsed = []
-        for k, q in enumerate(queries):
-            parsed.append((check_user_id(q.get("user_id") if isinstance(q, dict) else None),
-                           parse_rerank(q, where=f"queries[{k}]", extra_keys=frozenset({"user_id"}))))
+        parsed = decode_bulk(await request.body())
         results = []
         for user_id, query in parsed:
             try:
@@ -436,10 +426,12 @@ def deployment_options(args: dict) -> dict:
         options["max_ongoing_requests"] = int(args["max_ongoing_requests"])
     if "num_cpus" in args:
         options["ray_actor_options"] = {"num_cpus": float(args["num_cpus"])}
+    if "user_config" in args:
+        options["user_config"] = dict(args["user_config"])
     return options
 
 
-SERVE_ONLY_KEYS = ("autoscaling", "num_replicas", "max_ongoing_requests", "num_cpus")
+SERVE_ONLY_KEYS = ("autoscaling", "num_replicas", "max_ongoing_requests", "num_cpus", "user_config")
 
 
 def expand_env(value):

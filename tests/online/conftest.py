@@ -88,6 +88,24 @@ def feature_env(tmp_path_factory, tiny_onnx_model):
     return build_feature_root(tmp_path_factory.mktemp("online"), tiny_onnx_model)
 
 
+@pytest.fixture(scope="module")
+def second_version(feature_env, tmp_path_factory):
+    """Version tiny-test-1 (another model) of the same photos, added to the same root."""
+    from export.preprocess import decode_file
+    from serving import feature_table as ft
+    from serving.backends import OnnxRuntimeBackend
+    from tests.support.tiny_graph import build_tiny_feature_model
+
+    path = build_tiny_feature_model(tmp_path_factory.mktemp("v1") / "pam_features.onnx", "tiny-test-1", seed=1)
+    backend = OnnxRuntimeBackend(path)
+    photos = feature_env["photos_root"]
+    features = backend.score(np.stack([decode_file(f"{photos}/{i}") for i in feature_env["ids"]]))
+    table = ft.feature_table(feature_env["ids"], features, "tiny-test-1")
+    part = ft.write_part(feature_env["feature_root"], table)
+    ft.write_manifest(feature_env["feature_root"], "tiny-test-1", [part])
+    return str(path)
+
+
 class ThreadedServer:
     """An ASGI app under uvicorn in a thread, on 127.0.0.1 and a free port (no Ray)."""
 

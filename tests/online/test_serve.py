@@ -220,6 +220,25 @@ def test_prometheus_metrics_serve_and_per_endpoint(serve_env):
     assert 'endpoint="/v1/users/{user_id}/rerank"' in text and 'endpoint="/v1/healthz"' in text
 
 
+def test_version_switch_through_user_config(serve_env, second_version):
+    """`serve deploy` with user_config {model}: each replica opens the new version, then swaps."""
+    from ray import serve
+
+    from serving.app import build_app
+
+    call, env = serve_env["call"], serve_env["env"]
+    call("POST", "/v1/users/ver/album", json={"image_ids": env["ids"][:10]})
+    call("POST", "/v1/users/ver/ratings", json={"ratings": [{"image_id": i, "score": 2 + k % 3}
+                                                            for k, i in enumerate(env["ids"][:6])]})
+    assert call("POST", "/v1/users/ver/rerank", json={"candidates": env["ids"][:10]}).json()["model_version"] == "tiny-test-0"
+    serve.run(build_app({**serve_env["config"], "num_replicas": 2, "user_config": {"model": second_version}}),
+              name=APP, route_prefix="/")
+    wait_for(lambda: all(call("GET", "/v1/info").json()["model_version"] == "tiny-test-1" for _ in range(4)), 60,
+             "every replica to switch")
+    reply = call("POST", "/v1/users/ver/rerank", json={"candidates": env["ids"][:10]}).json()
+    assert reply["model_version"] == "tiny-test-1" and reply["personalized"] and reply["n_ratings"] == 6
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="Debian's wrk is absent (scripts/install.sh installs it)")
 def test_autoscaling_adds_and_removes_a_replica_without_failed_requests(serve_env, tmp_path):
