@@ -279,7 +279,7 @@ class TritonBackend:
             result = client.infer(self.model_name, inputs, outputs=outputs)
         else:
             result = client.infer(self.model_name, inputs, outputs=outputs, client_timeout=self.timeout_s)
-        return {name: result.as_numpy(name) for name in FEATURE_NAMES}
+        return self._outputs(result)
 
     def _submit(self, client, chunk: np.ndarray):
         inputs, outputs = self._request(chunk)
@@ -301,7 +301,17 @@ class TritonBackend:
             result = handle.get_result(block=True, timeout=self.timeout_s)
         else:
             result = handle.result(timeout=self.timeout_s)
-        return {name: result.as_numpy(name) for name in FEATURE_NAMES}
+        return self._outputs(result)
+
+    def _outputs(self, result) -> dict[str, np.ndarray]:
+        outputs = {}
+        for name in FEATURE_NAMES:
+            try:
+                outputs[name] = result.as_numpy(name)
+            except ValueError as exc:  # tritonclient reshaping a body of the wrong size
+                raise BackendError(f"{self._where}: output {name} unreadable ({exc}); an empty output "
+                                   "is what numpy 2 in Triton's Python backend gives") from exc
+        return outputs
 
     def close(self) -> None:
         self._closed = True

@@ -12,6 +12,7 @@ Standard library only (no tritonclient needed to start or probe a server).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -144,10 +145,14 @@ class TritonServer:
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 12) -> str:
+        """Triton's error lines (a failed model says why there), then the last lines."""
         if not self._log_path or not self._log_path.exists():
             return ""
-        return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+        text = self._log_path.read_text(errors="replace").splitlines()
+        errors = [line for line in text
+                  if (re.match(r"E\d{4} ", line) and "CudaDriverHelper" not in line) or "UNAVAILABLE" in line]
+        return "\n".join([*errors[-10:], "...", *text[-lines:]] if errors else text[-lines:])
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM to the whole process group, SIGKILL after `timeout` seconds."""
