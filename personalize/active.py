@@ -200,6 +200,7 @@ class ActivePAM:
             order = np.random.default_rng(self.seed).permutation(self.n_photos)
             return chosen + [int(i) for i in order if candidates[i]][:n_left]
         score = np.where(candidates, self.objective(), -np.inf)
-        # stable sort on -score: ties go to the lowest index
-        best = np.argsort(-score, kind="stable")[:n_left]
+        if n_left == 1:  # argmax returns the first maximum: ties go to the lowest index
+            return [*chosen, int(np.argmax(score))]
+        best = np.argsort(-score, kind="stable")[:n_left]  # stable: ties to the lowest index
         return chosen + [int(i) for i in best]
