@@ -416,6 +416,7 @@ def _naive_app(config: dict):
 def _many_users_over_serve(base: str, work: Path, params: dict, metrics_port: int) -> dict:
     body = json.dumps({"candidates": params["candidates"]})
     script = lua_zipf(work / "zipf.lua", params["users"], body)
+    run_wrk(base, script, 8, max(params["duration"], 8))  # warm-up: fill the cache first
     time.sleep(3)
     before = _scrape(metrics_port)
     result = run_wrk(base, script, 8, max(params["duration"], 8))
@@ -580,22 +581,25 @@ def _plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_rps, ax_p99) = plt.subplots(1, 2, figsize=(10, 4))
+    colors = {"echo": "tab:gray", "rerank": "tab:blue", "naive": "tab:orange"}
+    styles = {"proxy": "-", "direct": "--"}
     for mode, res in summary["http"].items():
         if not isinstance(res, dict) or "error" in res:
             continue
-        for name, style in (("echo", "--"), ("rerank", "-"), ("naive", ":")):
+        for name in ("echo", "rerank", "naive"):
             if name not in res:
                 continue
             conns = sorted(int(c) for c in res[name])
-            ax_rps.plot(conns, [res[name][str(c)]["rps"] for c in conns], style, marker="o", label=f"{name} ({mode})")
-            ax_p99.plot(conns, [res[name][str(c)].get("p99_ms", 0) for c in conns], style, marker="o",
-                        label=f"{name} ({mode})")
+            kwargs = {"color": colors[name], "linestyle": styles.get(mode, ":"), "marker": "o",
+                      "label": f"{name} ({mode})"}
+            ax_rps.plot(conns, [res[name][str(c)]["rps"] for c in conns], **kwargs)
+            ax_p99.plot(conns, [res[name][str(c)].get("p99_ms", 0) for c in conns], **kwargs)
     for ax, title in ((ax_rps, "requests/s"), (ax_p99, "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
         ax.set_xlabel("wrk connections")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    ax_p99.set_yscale("log")
     ax_rps.legend(fontsize=7)
     fig.suptitle("re-rank of 1,000 candidates vs a trivial echo, Ray Serve on 2 cores")
     fig.tight_layout()
