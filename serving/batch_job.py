@@ -119,18 +119,14 @@ def backend_kind(spec: str) -> str:
 
 def open_feature_backend(spec: str, threads: int | None = None, max_batch_size: int = 32):
     """A FeatureBackend for a spec: a model path / onnx:PATH (in-process) or a Triton URL."""
-    if backend_kind(spec) == "triton":
-        try:
-            from serving.backends import open_backend
-        except ImportError as exc:
-            raise ValueError(f"{spec}: this checkout's serving.backends has no Triton backend yet") from exc
-        return open_backend(spec)
-    from serving.backends import OnnxRuntimeBackend
+    from serving.backends import open_backend
 
+    if backend_kind(spec) == "triton":
+        return open_backend(spec, max_batch_size=max_batch_size)
     path = spec.removeprefix("onnx:")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model {path!r} does not exist (expected an exported pam_features.onnx)")
-    return OnnxRuntimeBackend(path, intra_op_threads=threads, max_batch_size=max_batch_size)
+    return open_backend(f"onnx:{path}", intra_op_threads=threads, max_batch_size=max_batch_size)
 
 
 # ---------------------------------------------------------------- pipeline stages (run on Ray)
@@ -392,6 +388,7 @@ def run_job(config: JobConfig) -> dict:
         "rows_failed": processed["failed"],
         "images_per_s": (processed["ok"] + processed["failed"]) / processed["seconds"] if processed["seconds"] else 0.0,
         "pipeline_seconds": processed["seconds"], "attempts": attempts, "retried_errors": retried_errors,
+        "steady_images_per_s": processed.get("steady_rate"), "first_batch_s": processed.get("startup_s"),
         "failures": [{"image_id": i, "error": e} for i, e in processed["failures"][:20]],
         "ray_stages": processed.get("stages", [[]])[-1],
         "plan": plan.as_dict() if plan else None,
@@ -465,9 +462,11 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
     ds = ds.map_batches(read_and_decode, batch_size=config.decode_batch, batch_format="numpy",
                         fn_kwargs={"filesystem": sources.filesystem, "read_threads": config.read_threads},
                         num_cpus=plan.decode_cpus,
-                        # remote args unlike the actors' keep decoding a task stage of its own: fused
-                        # into the scoring actors, it would leave a GPU idle while its actor decodes
-                        max_retries=3)
+                        # decode workers are recycled every 500 calls (what a leaking decoder can
+                        # hold stays bounded); remote args unlike the actors' also keep decoding a
+                        # task stage of its own: fused into the scoring actors, it would serialise
+                        # with scoring and leave a GPU idle while its actor decodes
+                        max_calls=500)
     # min_size 1: the job goes on when a node (and its actor) is lost and nothing can replace it
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors)
     ds = ds.map_batches(Scorer, batch_size=config.batch_size, batch_format="numpy",
@@ -477,16 +476,22 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
     writer = PartWriter(out_root, out_fs, model_version, crop_policy, config.rows_per_file, config.flush_s)
     bar = _progress(todo.num_rows, config.progress)
     start = time.perf_counter()
+    first = None  # (time, rows) when the first batch arrived: the steady rate excludes start-up
     written = 0
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
             written += writer.add(batch)
+            first = first or (time.perf_counter(), written)
             bar.update(len(batch["image_id"]))
             if config.on_rows:
                 config.on_rows(written)
     finally:
         writer.close()  # on Ctrl-C too: what was scored is kept
-        processed["seconds"] += time.perf_counter() - start
+        end = time.perf_counter()
+        processed["seconds"] += end - start
+        if first and written > first[1] and end > first[0]:
+            processed["steady_rate"] = (written - first[1]) / (end - first[0])
+            processed["startup_s"] = first[0] - start
         processed["ok"] += writer.ok
         processed["failed"] += writer.failed
         processed["failures"].extend(writer.failures)
