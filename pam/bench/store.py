@@ -210,8 +210,10 @@ def render(s: dict) -> str:
     for name, r in s["results"].items():
         lines.append(f"  {name:<8} {r['open_s']:8.3f} {r['lookup_ms']:10.3f} {r['rssanon_mb']:11.1f} "
                      f"{r['rssfile_mb']:10.1f}")
-    if s["store_vs_pandas_lookup"]:
-        lines.append(f"  store lookups are {s['store_vs_pandas_lookup']:.0f}x faster than pandas")
+    ratio = s["store_vs_pandas_lookup"]
+    if ratio:
+        lines.append(f"  pandas lookup time / store lookup time: {ratio:.1f}"
+                     + (" (store faster)" if ratio > 1 else " (pandas faster)"))
     lines.append(f"  dict lookup time / store lookup time: {s['store_vs_dict_lookup']:.2f}")
     lines.append(f"  floor: {s['lookup_floor_ms']:.3f} ms to gather the rows at {s['memory_bandwidth_gb_s']:.1f} GB/s "
                  f"(store at {s['store_lookup_vs_floor']:.1f}x the floor)")

@@ -173,3 +173,15 @@ def test_ids_longer_than_any_stored_or_with_nul_are_missing(tmp_path, rng):
     store = FeatureStore.open(str(tmp_path))
     found, missing = store.lookup([ids[0] + "x" * 50, ids[0] + "\0", "", ids[1]])
     assert found.image_ids == [ids[1]] and len(missing) == 3
+
+
+def test_store_benchmark_runs_at_small_size(tmp_path):
+    """`pam bench store` at a tiny size: it runs and reports each approach (figures are not checked)."""
+    import argparse
+
+    from pam.bench import store as bench
+
+    summary = bench.run(argparse.Namespace(rows=3000, lookups=100, repeats=2, dir=tmp_path, skip_pandas=False))
+    assert set(summary["results"]) == {"store", "dict", "pandas"}
+    assert summary["results"]["store"]["lookup_ms"] > 0 and summary["store_vs_pandas_lookup"] > 0
+    assert "pandas lookup time / store lookup time" in summary["_render"]
