@@ -275,34 +275,32 @@ def finalize(root: str, fs: pafs.FileSystem, model_version: str, crop_policy: st
     rows, _ = written_ids(root, fs, model_version)
     directory = ft.version_dir(root, model_version)
     names = ft.list_part_files(root, model_version, fs)
-    counts = {name: 0 for name in names}
-    for name, count in zip(*np.unique(rows.column("part").to_numpy(zero_copy_only=False), return_counts=True),
-                           strict=True):
-        counts[str(name)] = int(count)
+    codes = pc.index_in(rows.column("part"), value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False)
+    codes = codes.astype(np.intp)
+    counts = np.bincount(codes, minlength=len(names))
     # the first copy of an id wins, taking parts by size (largest first) so big parts stay untouched
-    order = sorted(names, key=lambda n: (-counts[n], n))
-    rank = {name: i for i, name in enumerate(order)}
-    part_rank = np.array([rank[p] for p in rows.column("part").to_pylist()], dtype=np.int64)
+    order = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))
+    rank = np.empty(len(names), np.intp)
+    rank[order] = np.arange(len(names))
     keys = ft.id_keys(rows.column("image_id").combine_chunks()) if rows.num_rows else np.zeros(0, "S1")
-    by = np.lexsort((part_rank, keys))
+    by = np.lexsort((rank[codes], keys))
     first = np.ones(len(by), bool)
     first[1:] = keys[by][1:] != keys[by][:-1]
     keep = np.zeros(len(keys), bool)
     keep[by[first]] = True
-    part_col = np.asarray(rows.column("part").to_pylist(), dtype=object)
-    dirty = {str(p) for p in part_col[~keep]}
-    small = {n for n in names if counts[n] < rows_per_file // 2}
+    dirty = {names[i] for i in np.unique(codes[~keep])}
+    small = {n for n, c in zip(names, counts, strict=True) if c < rows_per_file // 2}
     rewrite = dirty | (small if len(small) > 1 else set())
     keep_parts = [n for n in names if n not in rewrite]
     new_parts: list[ft.PartInfo] = []
     if rewrite:
-        kept_ids = pa.array(np.asarray(rows.column("image_id").to_pylist(), dtype=object)[keep & np.isin(part_col, list(rewrite))],
-                            pa.string())
+        in_rewrite = np.isin(codes, [i for i, n in enumerate(names) if n in rewrite])
+        kept_ids = rows.column("image_id").take(pa.array(np.flatnonzero(keep & in_rewrite)))
         table = ft.read_parts(root, model_version, sorted(rewrite), filesystem=fs)
         table = table.filter(pc.is_in(table.column("image_id"), value_set=kept_ids))
         table = _first_per_id(table)
-        for start in range(0, table.num_rows, rows_per_file):
-            new_parts.append(ft.write_part(root, table.slice(start, rows_per_file), crop_policy, fs))
+        for begin in range(0, table.num_rows, rows_per_file):
+            new_parts.append(ft.write_part(root, table.slice(begin, rows_per_file), crop_policy, fs))
         fresh = {p.name for p in new_parts}
         for name in sorted(rewrite - fresh):
             fs.delete_file(ft.join(directory, name))

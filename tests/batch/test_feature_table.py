@@ -156,3 +156,22 @@ def test_parquet_file_is_plain_parquet(tmp_path, rng):
     part = ft.write_part(str(tmp_path), ft.feature_table(ids, features, "v1", errors))
     table = pq.read_table(tmp_path / "v1" / part.name)  # any Parquet reader can read it
     assert table.schema.remove_metadata() == ft.FEATURE_SCHEMA
+
+
+def test_finalize_drops_duplicate_rows_and_merges_small_parts(tmp_path, rng):
+    """What a re-delivered block or an interrupted merge leaves: the same ids in two parts."""
+    from serving.batch_job import finalize
+
+    fs, root = ft.resolve(str(tmp_path))
+    ids, features, errors = make_rows(40, rng, failed={3})
+    table = ft.feature_table(ids, features, "v1", errors)
+    big = ft.write_part(root, table.slice(0, 32))
+    ft.write_part(root, table.slice(28, 6))   # rows 28-33: four of them already in `big`
+    ft.write_part(root, table.slice(34, 6))
+    manifest = finalize(root, fs, "v1", "test", rows_per_file=32)
+    names = [p["name"] for p in manifest["parts"]]
+    assert big.name in names and len(names) == 2  # the big part untouched, the small ones merged
+    back = ft.read_version(root, "v1").column("image_id").to_pylist()
+    assert sorted(back) == sorted(ids) and manifest["rows"] == 40 and manifest["rows_failed"] == 1
+    assert ft.list_part_files(root, "v1") == sorted(names)  # the replaced parts are gone
+    assert finalize(root, fs, "v1", "test", rows_per_file=32)["digest"] == manifest["digest"]  # idempotent
