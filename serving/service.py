@@ -71,6 +71,7 @@ def _json_default(value):
 
 
 THUMBNAIL_SIZES = (64, 128, 256, 512)
+SCORE_DECIMALS = 6
 UPLOAD_PREFIX = "upload:"
 
 
@@ -620,8 +621,10 @@ class PersonalizationService:
             "ratings_version": model.versions.ratings,
             "n_ratings": model.n_ratings,
             "image_ids": [ids_array[i] for i in order.tolist()],
-            "scores": scores[order],
-            "generic_scores": generic[order],
+            # 6 decimals on a 1-5 scale: 9 bytes a score instead of 18, a third less reply to carry
+            # through the proxy; the order is taken from the unrounded scores
+            "scores": np.round(scores[order], SCORE_DECIMALS),
+            "generic_scores": np.round(generic[order], SCORE_DECIMALS),
         }
 
     def next_photos(self, model: UserModel, n: int) -> dict:
