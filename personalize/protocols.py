@@ -6,7 +6,8 @@
   and the standard deviation over repeats of the worker-averaged improvement.
 - `active_curves`: Figure 6. For every test worker, 10 trials: all strategies start from the same
   10 random images, then each picks one image at a time up to the largest budget; at every
-  budget the improvement is measured on the worker's images not yet rated.
+  budget the improvement is measured on the worker's images not yet rated (each strategy then
+  scores a different set), or with `holdout` on a fixed held-out part no strategy may pick.
 - `taste_experiment`: Figure 4 (does personal taste exist?). Real training workers with more
   than 150 ratings and m fake workers (IM_j + Gaussian noise) each get k images; wc = sum over
   the 20 features of |rho(feature, offset)|; all are ranked low to high by wc; the fake workers'
@@ -129,38 +130,51 @@ def table4(data: FlickrAES, features: FeatureMatrix, *, ks: Sequence[int] = (10,
 
 # --- Figure 6 --------------------------------------------------------------------------------
 def _active_user_trial(u: UserData, index: int, trial: int, budgets: Sequence[int], strategies: Sequence[str],
-                       seed: int, pam_params: dict) -> np.ndarray:
+                       seed: int, pam_params: dict, holdout: float = 0.0) -> np.ndarray:
     n = u.y.size
     rng = np.random.default_rng([seed, index, trial])
-    seed_set = rng.choice(n, size=min(10, n), replace=False)
+    if holdout > 0:  # a fixed held-out part no strategy may pick; the rest is the album
+        test = np.sort(rng.choice(n, size=round(holdout * n), replace=False))
+        album = np.setdiff1d(np.arange(n), test)
+    else:
+        test, album = None, np.arange(n)
+    V, X, y = u.V[album], u.X[album], u.y[album]
+    m = album.size
+    seed_set = rng.choice(m, size=min(10, m), replace=False)
     order_seed = int(rng.integers(2**31))
     out = np.full((len(strategies), len(budgets)), np.nan)
-    top = min(max(budgets), n - 2)
+    top = min(max(budgets), m - 2 if test is None else m)
     for s, name in enumerate(strategies):
         if name == "active-pam":
-            state = ActivePAM(u.V, u.X, seed=order_seed, seed_indices=seed_set, pam_params=pam_params)
+            state = ActivePAM(V, X, seed=order_seed, seed_indices=seed_set, pam_params=pam_params)
         else:
-            state = SELECTORS[name](u.V, u.X, seed=order_seed, seed_indices=seed_set, pam_params=pam_params)
+            state = SELECTORS[name](V, X, seed=order_seed, seed_indices=seed_set, pam_params=pam_params)
         while True:
             n_rated = len(state.rated_indices)
             if n_rated in budgets:
-                rest = np.setdiff1d(np.arange(n), state.rated_indices)
-                out[s, budgets.index(n_rated)] = _improvement(u.y[rest], state.model.predict(u.X[rest]),
-                                                              u.X[rest, -1])
+                if test is None:  # the paper's reading: the album's photos not rated yet
+                    rest = np.setdiff1d(np.arange(m), state.rated_indices)
+                    Xe, ye = X[rest], y[rest]
+                else:
+                    Xe, ye = u.X[test], u.y[test]
+                out[s, budgets.index(n_rated)] = _improvement(ye, state.model.predict(Xe), Xe[:, -1])
             if n_rated >= top:
                 break
             (i,) = state.suggest(1)
-            state.add_rating(i, u.y[i])
+            state.add_rating(i, y[i])
     return out
 
 
 def active_curves(data: FlickrAES, features: FeatureMatrix, *, budgets: Sequence[int] = tuple(range(10, 101, 10)),
                   trials: int = 10, strategies: Sequence[str] = ACTIVE_STRATEGIES, seed: int = 0, n_jobs: int = 2,
-                  pam_params: dict | None = None, w_aes: float | None = None,
+                  pam_params: dict | None = None, w_aes: float | None = None, holdout: float = 0.0,
                   progress: Callable[[], None] | None = None) -> dict:
+    """Figure 6. holdout > 0: that fraction of each worker's images is set aside per trial, the
+    strategies pick from the rest, and every budget is scored on the same held-out images."""
     users = user_data(data, features, sorted(data.test_workers), w_aes)
     budgets = list(budgets)
-    tasks = (delayed(_active_user_trial)(u, i, t, budgets, list(strategies), seed, dict(pam_params or {}))
+    tasks = (delayed(_active_user_trial)(u, i, t, budgets, list(strategies), seed, dict(pam_params or {}),
+                                         holdout)
              for i, u in enumerate(users) for t in range(trials))
     raw = np.stack(_run(tasks, n_jobs, progress)).reshape(len(users), trials, len(strategies), len(budgets))
     per_trial = np.nanmean(raw, axis=0)  # [trials, strategies, budgets]
@@ -168,7 +182,7 @@ def active_curves(data: FlickrAES, features: FeatureMatrix, *, budgets: Sequence
                      "std_over_trials": np.nanstd(per_trial[:, s, :], axis=0).tolist()}
               for s, name in enumerate(strategies)}
     return {"budgets": budgets, "trials": trials, "n_users": len(users), "strategies": list(strategies),
-            "curves": curves, "raw": raw}
+            "holdout": holdout, "curves": curves, "raw": raw}
 
 
 # --- Figure 4 --------------------------------------------------------------------------------

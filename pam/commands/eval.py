@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=list(range(10, 101, 10)),
                         help="active: numbers of rated images to measure at")
     parser.add_argument("--strategies", nargs="+", help="active: subset of active-pam random greedy mcal qbc")
+    parser.add_argument("--holdout", type=float, default=0.0,
+                        help="active: fraction of each worker's images held out as a fixed test set (0 = score "
+                             "on the images not yet rated, the paper's reading)")
     parser.add_argument("--w-aes", type=float, help="active: weight of aes_feat in v (default 0.001)")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5, 1.0], help="taste: fake workers' noise")
     parser.add_argument("--runs", type=int, default=50, help="taste: runs")
@@ -180,7 +183,8 @@ def _run_active(args, data, features, out: Path) -> dict:
     strategies = args.strategies or list(P.ACTIVE_STRATEGIES)
     progress = _Progress(len(data.test_workers) * args.trials, "active", not args.no_progress)
     result = P.active_curves(data, features, budgets=args.budgets, trials=args.trials, strategies=strategies,
-                             seed=args.seed, n_jobs=args.jobs, w_aes=args.w_aes, progress=progress)
+                             seed=args.seed, n_jobs=args.jobs, w_aes=args.w_aes, holdout=args.holdout,
+                             progress=progress)
     progress.close()
     result.pop("raw")
     budgets = result["budgets"]
@@ -202,7 +206,8 @@ def _run_active(args, data, features, out: Path) -> dict:
     table = "\n".join(lines)
     (out / "active.md").write_text(table + "\n")
     _plot_active(result, out / "active.png")
-    return {"budgets": budgets, "trials": args.trials, "n_users": result["n_users"], "curves": result["curves"],
+    return {"budgets": budgets, "trials": args.trials, "n_users": result["n_users"], "holdout": args.holdout,
+            "curves": result["curves"],
             "active_pam_above_random_at": f"{wins} of {len(budgets) - 1} budgets > 10" if wins is not None else None,
             "markdown": table, "files": ["active.md", "active.png", "active_curves.csv"]}
 
@@ -221,7 +226,8 @@ def _plot_active(result, path: Path) -> None:
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xlabel("images rated by the user")
     ax.set_ylabel("correlation improvement")
-    ax.set_title(f"Active learning (simulated panel, {result['trials']} trials)")
+    scored = f"held-out {result['holdout']:.0%}" if result.get("holdout") else "images not yet rated"
+    ax.set_title(f"Active learning, simulated panel ({result['trials']} trials; scored on {scored})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

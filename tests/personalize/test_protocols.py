@@ -39,6 +39,14 @@ def test_active_curves_start_from_the_shared_seed_set(small):
     assert result["raw"].shape == (len(data.test_workers), 1, 5, 2)
 
 
+def test_active_curves_with_a_fixed_held_out_set(small):
+    data, fm = small
+    result = P.active_curves(data, fm, budgets=[10, 13], trials=1, n_jobs=1, holdout=0.3,
+                             strategies=["active-pam", "random"])
+    at10 = [c["mean"][0] for c in result["curves"].values()]
+    assert np.isfinite(result["raw"]).all() and at10[0] == at10[1]
+
+
 def test_taste_experiment_ranks(small):
     data, fm = small
     result = P.taste_experiment(data, fm, ks=(10, 40), sigmas=(0.5,), runs=2, n_jobs=1)
