@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--album-size", type=int, default=300, help="photos in the album (default 300)")
     parser.add_argument("--users", type=int, default=5, help="simulated users who rate over HTTP (default 5)")
     parser.add_argument("--ratings", type=int, default=40, help="ratings per user and strategy (default 40)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs of each head (default 8)")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs of each head (default 10, as pam train)")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="trunk (default efficientnet_lite0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=0, help="the service's port on 127.0.0.1 (default: a free one)")
@@ -147,7 +147,7 @@ def _pipeline(args, out: Path, stages, state: dict):
                              "--test-workers", files["test_workers"], "--check-images", files["check_images"],
                              "--backbone", args.backbone, "--epochs", str(args.epochs),
                              "--attribute-epochs", str(args.epochs), "--content-epochs", str(args.epochs),
-                             "--seed", str(args.seed), "--out", str(train_dir), "--json")
+                             "--random-crops", "2", "--seed", str(args.seed), "--out", str(train_dir), "--json")
     with stages.stage("train", "train: heads on the frozen pretrained trunk (pam train)",
                       f"read {out / 'train.log'}; the training data are in {out / 'panel'}") as rec:
         trained = run_json("train", train_argv, "see train.log", out / "train.log")
@@ -158,7 +158,8 @@ def _pipeline(args, out: Path, stages, state: dict):
     # 5. export -----------------------------------------------------------------------------
     model_dir = out / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
-    export_argv = pam_command("export", str(train_dir), "--out", str(model_dir), "--json")
+    export_argv = pam_command("export", str(train_dir), "--out", str(model_dir), "--triton-flavor", "none",
+                              "--json")
     with stages.stage("export", "export: fused five-crop ONNX graph (pam export)",
                       f"read {out / 'export.log'}") as rec:
         exported = run_json("export", export_argv, "see export.log", out / "export.log")
@@ -227,9 +228,16 @@ def _pipeline(args, out: Path, stages, state: dict):
             "final": {k: v["mean"][-1] for k, v in curves.items()},
             "sessions": [r.as_dict() for r in results]}
         rhos = [r.generic_rho_album for r in results if r.strategy == "active"]
+        training = state.get("training", {})
+        last = {k: (v or {}).get("last") or {} for k, v in (training.get("stages") or {}).items()}
         state["generic"] = {"backbone": args.backbone, "model_version": state["features"]["model_version"],
-                            "validation_rho": _validation_rho(state.get("training", {})),
-                            "validation_images": _validation_images(state.get("training", {})),
+                            "validation_rho": last.get("aesthetics", {}).get("val_rho"),
+                            "validation_images": ((training.get("data") or {}).get("aesthetics") or {}).get(
+                                "validation_images"),
+                            "attributes_rho": last.get("attributes", {}).get("val_mean_rho"),
+                            "content_accuracy": last.get("content", {}).get("val_accuracy"),
+                            "training_plot": _relative(training.get("plot"), out),
+                            "model_card": _relative((state.get("export", {}).get("files") or {}).get("model_card_md"), out),
                             "rho_vs_users": dict(zip([r.user for r in results if r.strategy == "active"], rhos,
                                                      strict=True)),
                             "rho_vs_users_mean": float(np.nanmean(rhos)) if rhos else None}
@@ -252,13 +260,14 @@ def _pipeline(args, out: Path, stages, state: dict):
     return service
 
 
-def _validation_rho(training: dict):
-    last = (training.get("stages") or {}).get("aesthetics", {}).get("last") or {}
-    return last.get("val_rho")
-
-
-def _validation_images(training: dict):
-    return ((training.get("data") or {}).get("aesthetics") or {}).get("validation_images")
+def _relative(path: str | None, out: Path) -> str | None:
+    """A path relative to the report's folder (for links in report.html), or None."""
+    if not path:
+        return None
+    try:
+        return Path(path).resolve().relative_to(out).as_posix()
+    except ValueError:
+        return None
 
 
 def _shell(argv: list[str]) -> str:

@@ -187,12 +187,22 @@ def render_html(summary: dict, images: dict[str, str]) -> str:
         "<h2>Generic model</h2>",
         f"<p>Heads trained on the frozen pretrained <code>{html.escape(str(generic.get('backbone')))}</code> trunk, "
         f"exported as one fused five-crop ONNX graph, model version <code>{html.escape(str(generic.get('model_version')))}</code>.</p>",
-        _table(["measure", "Spearman rho"], [
-            [f"validation photos ({generic.get('validation_images', 'n/a')}) vs the training workers' weighted mean "
-             "ratings (pam train)", _fmt(generic.get("validation_rho"))],
-            ["the users' photos vs each simulated user's ratings (mean over users; the paper's generic model: "
-             "0.702 against mean ratings)", _fmt(generic.get("rho_vs_users_mean"))],
+        _table(["measure", "value"], [
+            [f"generic score, Spearman rho on the {generic.get('validation_images', 'n/a')} validation photos vs the "
+             "training workers' weighted mean ratings (pam train; few photos, so a coarse figure)",
+             _fmt(generic.get("validation_rho"))],
+            ["generic score, Spearman rho on each user's photos (unseen in training) vs that simulated user's "
+             "ratings, mean over users (the paper's generic model: 0.702 against mean ratings)",
+             _fmt(generic.get("rho_vs_users_mean"))],
+            ["attributes head, mean Spearman rho vs the pixel measures on the validation photos",
+             _fmt(generic.get("attributes_rho"))],
+            ["content head, accuracy on the k-means classes of the validation photos",
+             _fmt(generic.get("content_accuracy"))],
         ]),
+        *([f"<p>Training curves (<code>pam train</code>); model card: <a href='{html.escape(generic['model_card'])}'>"
+           f"{html.escape(generic['model_card'])}</a>.</p>",
+           f"<img src='{html.escape(generic['training_plot'])}' alt='training curves'>"]
+          if generic.get("training_plot") and generic.get("model_card") else []),
         "<h2>Personalization over HTTP</h2>",
         f"<p>Each simulated user rated {personal['budget']} photos one at a time through the running service "
         f"({html.escape(service.get('url', ''))}): once the photos Active-PAM suggested (its first 10 are its "

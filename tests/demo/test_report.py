@@ -59,7 +59,9 @@ def _summary(tmp_path: Path) -> tuple[dict, Path]:
                              "n_random_labellers": 2}, "n_train_images": 6,
                   "statistics": {"excluded_workers": ["W0003"], "weighted_std_mean": 0.8}},
         "generic": {"backbone": "tiny", "model_version": "tiny-test-0", "validation_rho": 0.41,
-                    "validation_images": 2, "rho_vs_users_mean": None},
+                    "validation_images": 2, "rho_vs_users_mean": None, "attributes_rho": 0.25,
+                    "content_accuracy": 0.5, "training_plot": "train/training.png",
+                    "model_card": "model/model_card.md"},
         "personalization": {"budget": 3, "curves": curves, "final": {"active": 0.1, "random": 0.02}},
         "service": {"url": "http://127.0.0.1:1234", "requests": 30, "p50_ms": 4.0, "p99_ms": 9.5},
         "figure3": {"user": "u1", "n_ratings": 3, **fig},
@@ -81,7 +83,8 @@ def test_write_report_makes_the_page_and_its_plots(tmp_path):
     assert "&lt;made up&gt;" in page  # text is escaped
     for text in ("demo-timings.png", "demo-curves.png", "demo-figure3.png", "CC0", "Stefan van der Walt",
                  "album: the photos", "6.7 images/s", "0.410", "W0003", "pam serve --features f",
-                 "http://127.0.0.1:1234/ui/?user=you", "0.100"):
+                 "http://127.0.0.1:1234/ui/?user=you", "0.100", "train/training.png",
+                 "href='model/model_card.md'", "0.250"):
         assert text in page, text
 
 
