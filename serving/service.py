@@ -183,8 +183,36 @@ class Catalog:
         self.store.close()
 
 
+@dataclass(frozen=True)
+class Fit:
+    """What a reply needs of a user model, swapped in whole: a concurrent reader sees the versions
+    together with the PAM fit on exactly those ratings, never new versions beside an old model."""
+
+    versions: Versions
+    model_version: str
+    pam: PAM | None
+    n_ratings: int
+
+    def covers(self, versions: Versions, model_version: str) -> bool:
+        """True when this fit includes every change up to `versions` (read-your-writes)."""
+        mine = self.versions
+        return (mine.generation == versions.generation and mine.ratings >= versions.ratings
+                and mine.album >= versions.album and self.model_version == model_version)
+
+    def predict(self, x: np.ndarray, aes_score: np.ndarray) -> np.ndarray:
+        """The user's scores for rows x [n, 20] with generic scores [n] (generic without ratings)."""
+        if self.pam is None:
+            return np.asarray(aes_score, dtype=np.float64)
+        pam = self.pam
+        return aes_score + rbf_offsets(x, pam.support_vectors_, pam.dual_coef_, pam.intercept_, pam.gamma_)
+
+
 class UserModel:
-    """One user's album rows, PAM fit on all stored ratings, and (lazily) Active-PAM's state."""
+    """One user's album rows, PAM fit on all stored ratings (`fit`), and (lazily) Active-PAM.
+
+    `fit` is read without a lock (the re-rank path); everything else is read and changed under
+    `lock`, and `fit` is assigned last, once the rest is consistent.
+    """
 
     def __init__(self, tenant: str, user_id: str, snapshot: UserSnapshot, catalog: Catalog,
                  config: ServiceConfig):
@@ -195,8 +223,6 @@ class UserModel:
         self._build(snapshot, catalog)
 
     def _build(self, snapshot: UserSnapshot, catalog: Catalog) -> None:
-        self.versions: Versions = snapshot.versions
-        self.model_version = catalog.model_version
         found, missing = catalog.store.lookup(snapshot.album) if snapshot.album else (None, [])
         if found is None:
             self.album_ids: list[str] = []
@@ -209,48 +235,60 @@ class UserModel:
         self.album_unavailable = len(missing) + (len(found.failed) if found is not None else 0)
         self.album_index = {image_id: i for i, image_id in enumerate(self.album_ids)}
         self.scores: dict[str, float] = dict(zip(snapshot.rated_ids, snapshot.scores, strict=True))
-        self.n_ratings = len(self.scores)
         self._active: ActivePAM | None = None
         self._gain: tuple[int, float | None] | None = None
-        self._fit_pam()
+        self.fit = Fit(snapshot.versions, catalog.model_version, self._fit_pam(), len(self.scores))
 
     def _rated_pairs(self) -> list[tuple[int, float]]:
         return [(self.album_index[i], s) for i, s in self.scores.items() if i in self.album_index]
 
-    def _fit_pam(self) -> None:
+    def _fit_pam(self) -> PAM | None:
         pairs = self._rated_pairs()
         if not pairs:
-            self.pam = None
-            return
+            return None
         idx = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
         y = np.fromiter((p[1] for p in pairs), np.float64, len(pairs))
-        self.pam = PAM(**self._config.pam_params).fit(self.X[idx], y)
+        return PAM(**self._config.pam_params).fit(self.X[idx], y)
+
+    @property
+    def versions(self) -> Versions:
+        return self.fit.versions
+
+    @property
+    def model_version(self) -> str:
+        return self.fit.model_version
+
+    @property
+    def n_ratings(self) -> int:
+        return self.fit.n_ratings
+
+    @property
+    def pam(self) -> PAM | None:
+        return self.fit.pam
 
     def covers(self, versions: Versions, model_version: str) -> bool:
-        """True when this model includes every change up to `versions` (read-your-writes)."""
-        mine = self.versions
-        return (mine.generation == versions.generation and mine.ratings >= versions.ratings
-                and mine.album >= versions.album and self.model_version == model_version)
+        return self.fit.covers(versions, model_version)
 
     def refresh(self, snapshot: UserSnapshot, catalog: Catalog) -> None:
-        """Catch up with a newer snapshot: ratings-only changes incrementally, else a rebuild."""
-        same_base = (snapshot.versions.generation == self.versions.generation
-                     and snapshot.versions.album == self.versions.album
-                     and catalog.model_version == self.model_version)
+        """Catch up with a newer snapshot (call under `lock`): ratings-only changes incrementally,
+        anything else (album, generation, model version) by a rebuild."""
+        fit = self.fit
+        same_base = (snapshot.versions.generation == fit.versions.generation
+                     and snapshot.versions.album == fit.versions.album
+                     and catalog.model_version == fit.model_version)
         if not same_base:
             self._build(snapshot, catalog)
             return
         changed = [(i, s) for i, s in zip(snapshot.rated_ids, snapshot.scores, strict=True)
                    if self.scores.get(i) != s]
         self.scores.update(changed)
-        self.n_ratings = len(self.scores)
-        self.versions = snapshot.versions
         self._gain = None
         if self._active is not None:
             self._active.add_ratings((self.album_index[i], s) for i, s in changed if i in self.album_index)
-            self.pam = self._active.model
+            pam = self._active.model
         else:
-            self._fit_pam()
+            pam = self._fit_pam()
+        self.fit = Fit(snapshot.versions, fit.model_version, pam, len(self.scores))
 
     @property
     def active(self) -> ActivePAM:
@@ -262,15 +300,12 @@ class UserModel:
         return self._active
 
     def predict(self, x: np.ndarray, aes_score: np.ndarray) -> np.ndarray:
-        """The user's scores for rows x [n, 20] with generic scores [n] (generic without ratings)."""
-        if self.pam is None:
-            return np.asarray(aes_score, dtype=np.float64)
-        pam = self.pam
-        return aes_score + rbf_offsets(x, pam.support_vectors_, pam.dual_coef_, pam.intercept_, pam.gamma_)
+        return self.fit.predict(x, aes_score)
 
     def gain(self) -> float | None:
         """Cross-validated rho(PAM) - rho(generic) over the ratings (None below the minimum)."""
-        if self._gain is None or self._gain[0] != self.versions.ratings:
+        ratings_version = self.fit.versions.ratings
+        if self._gain is None or self._gain[0] != ratings_version:
             pairs = self._rated_pairs()
             value = None
             if len(pairs) >= self._config.min_ratings_for_gain:
@@ -278,7 +313,7 @@ class UserModel:
                 y = np.array([p[1] for p in pairs])
                 value = estimate_gain(self.X[idx], y, min_ratings=self._config.min_ratings_for_gain,
                                       **self._config.pam_params)
-            self._gain = (self.versions.ratings, value)
+            self._gain = (ratings_version, value)
         return self._gain[1]
 
 
@@ -601,6 +636,13 @@ class PersonalizationService:
 
     # ------------------------------------------------------------------ predict (model in hand)
     def rerank(self, model: UserModel, query: RerankQuery, catalog: Catalog) -> dict:
+        fit = model.fit  # one reference: versions, model and counts that belong together
+        if fit.model_version != catalog.model_version:
+            # another request refit this user on a version switched in after ours began: read
+            # that version's rows, so the features match the model
+            catalog = self.catalog
+            if fit.model_version != catalog.model_version:
+                raise ApiError(503, "version_switching", "the model version is switching; retry the request")
         if query.inline:
             ids, x, generic = query.ids, query.x, query.aes_score
         else:
@@ -608,18 +650,18 @@ class PersonalizationService:
             ids = rows.image_ids
             x = pam_input(rows.attributes, rows.content)
             generic = rows.aes_score.astype(np.float64)
-        scores = model.predict(x, generic)
+        scores = fit.predict(x, generic)
         order = np.argsort(-scores, kind="stable")
         if query.top_k is not None:
             order = order[:query.top_k]
         ids_array = ids if isinstance(ids, list) else list(ids)
         return {
             "user_id": model.user_id,
-            "personalized": model.pam is not None,
-            "fallback": None if model.pam is not None else "generic scores: the user has no ratings yet",
+            "personalized": fit.pam is not None,
+            "fallback": None if fit.pam is not None else "generic scores: the user has no ratings yet",
             "model_version": catalog.model_version,
-            "ratings_version": model.versions.ratings,
-            "n_ratings": model.n_ratings,
+            "ratings_version": fit.versions.ratings,
+            "n_ratings": fit.n_ratings,
             "image_ids": [ids_array[i] for i in order.tolist()],
             # 6 decimals on a 1-5 scale: 9 bytes a score instead of 18, a third less reply to carry
             # through the proxy; the order is taken from the unrounded scores

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from serving.app import LocalRuntime
-from serving.service import Catalog, PersonalizationService, model_key
+from serving.service import Catalog, PersonalizationService, UserModel, model_key
 from tests.support.tiny_graph import build_tiny_feature_model
 
 
@@ -33,9 +33,14 @@ def test_switch_is_atomic_and_user_models_follow(feature_env, second_version, tm
     after = svc.rerank(model, query, catalog)
     assert after["model_version"] == "tiny-test-1"
     assert not np.allclose(np.sort(after["generic_scores"]), np.sort(before["generic_scores"]))
-    # a request that took the old catalog before the switch still answers from it, whole
-    stale = svc.rerank(svc.load_user_model(model_key("default", "vic")), query, old_catalog)
-    assert stale["model_version"] == "tiny-test-0"
+    # a request that began before the switch answers from the old version, whole
+    old_model = UserModel("default", "vic", svc.users.snapshot("vic"), old_catalog, svc.config)
+    stale = svc.rerank(old_model, query, old_catalog)
+    assert stale["model_version"] == "tiny-test-0" and stale["scores"].tolist() == before["scores"].tolist()
+    # one holding the old catalog whose user model another request refit on the new version
+    # reads the new version's rows: features always match the model
+    crossed = svc.rerank(model, query, old_catalog)
+    assert crossed["model_version"] == "tiny-test-1" and crossed["scores"].tolist() == after["scores"].tolist()
     svc.close()
 
 
