@@ -357,3 +357,14 @@ def test_api_keys_separate_tenants(feature_env, tmp_path):
         expect_error(call("GET", "/v1/users/sam", headers=beta), 404, "sam")
         assert call("GET", "/v1/healthz").status_code == 200  # probes need no key
     runtime.close()
+
+
+def test_curation_page_is_served_under_ui(api):
+    from serving.app import WEB_DIR
+
+    if not (WEB_DIR / "index.html").is_file():
+        pytest.skip("serving/web/ has no index.html in this checkout")
+    call, _, _ = api
+    page = call("GET", "/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.text == (WEB_DIR / "index.html").read_text()
