@@ -454,7 +454,9 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver's bar counts written rows with images/s
     context.enable_operator_progress_bars = False
-    block = max(config.decode_batch, min(512, math.ceil(todo.num_rows / max(8, 4 * plan.actors))))
+    # small input blocks keep the first scored rows (and the steady state) early; at most ~10,000
+    # blocks keep the driver's bookkeeping small on runs of millions
+    block = min(512, max(2 * config.decode_batch, math.ceil(todo.num_rows / 10_000)))
     chunks = [todo.slice(i, block) for i in range(0, todo.num_rows, block)]
     ds = ray.data.from_arrow(chunks)
     ds = ds.map_batches(read_and_decode, batch_size=config.decode_batch, batch_format="numpy",

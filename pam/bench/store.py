@@ -4,9 +4,9 @@ Side by side, in one process, over the same complete version on disk:
     store    serving.feature_store.FeatureStore: memory-mapped sorted index, np.searchsorted
     pandas   the obvious approach: pd.read_parquet, set_index("image_id"), .reindex(ids)
     dict     a Python dict {image_id: row} over numpy matrices read from the Parquet
-For each: open time, lookup time (median of --repeats lookups of --lookups ids, 10% unknown),
-private memory (RssAnon growth: what every replica pays) and file-backed memory (RssFile: the
-page cache that replicas on one node share). The lookup's physical floor is the bytes it gathers
+Each runs in a fresh process: open time, lookup time (median of --repeats lookups of --lookups
+ids, 10% unknown, different ids each time), private memory (RssAnon growth: what every replica
+pays) and file-backed memory (RssFile: page-cache pages mapped, which replicas on a node share). The lookup's physical floor is the bytes it gathers
 over the memory bandwidth measured in the same run.
 """
 
@@ -95,6 +95,15 @@ def _bandwidth_gb_s() -> float:
     return 2 * a.nbytes / best / 1e9  # read + write
 
 
+def _in_child(name: str, *args):
+    """Run one approach in a fresh process, so that its memory figures are its own."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_APPROACHES[name], *args).result()
+
+
 def _timed_lookups(lookup, queries, repeats: int) -> float:
     k = iter(range(10**9))
     return _median_seconds(lambda: lookup(queries[next(k) % len(queries)]), repeats)
@@ -110,7 +119,7 @@ def _bench_store(root: str, queries, repeats: int):
     open_s = time.perf_counter() - start
     found, _ = store.lookup(queries[0])
     lookup_s = _timed_lookups(store.lookup, queries, repeats)
-    return {"open_s": open_s, "lookup_ms": lookup_s * 1e3, **_delta(before, _memory())}, found
+    return {"open_s": open_s, "lookup_ms": lookup_s * 1e3, **_delta(before, _memory())}, found.aes_feat
 
 
 def _bench_dict(root: str, queries, repeats: int, reference):
@@ -161,6 +170,9 @@ def _bench_pandas(root: str, queries, repeats: int, reference):
     return {"open_s": open_s, "lookup_ms": lookup_s * 1e3, **_delta(before, _memory())}
 
 
+_APPROACHES = {"store": _bench_store, "dict": _bench_dict, "pandas": _bench_pandas}
+
+
 def run(args: argparse.Namespace) -> dict:
     import numpy as np
 
@@ -179,12 +191,12 @@ def run(args: argparse.Namespace) -> dict:
             rng.shuffle(q)
             queries.append(q)
         results: dict[str, dict] = {}
-        results["store"], found = _bench_store(root, queries, args.repeats)
-        results["dict"] = _bench_dict(root, queries, args.repeats, found.aes_feat)
+        results["store"], reference = _in_child("store", root, queries, args.repeats)
+        results["dict"] = _in_child("dict", root, queries, args.repeats, reference)
         if not args.skip_pandas:
-            results["pandas"] = _bench_pandas(root, queries, max(5, args.repeats // 5), found.aes_feat)
+            results["pandas"] = _in_child("pandas", root, queries, max(5, args.repeats // 5), reference)
         bandwidth = _bandwidth_gb_s()
-        gathered = len(found) * 4 * (1 + 176 + 10 + 10)
+        gathered = len(reference) * 4 * (1 + 176 + 10 + 10)
         floor_ms = gathered / (bandwidth * 1e9) * 1e3
         summary = {
             "rows": args.rows, "lookup_ids": args.lookups, "known_fraction": n_known / args.lookups,

@@ -175,13 +175,13 @@ def test_ids_longer_than_any_stored_or_with_nul_are_missing(tmp_path, rng):
     assert found.image_ids == [ids[1]] and len(missing) == 3
 
 
-def test_store_benchmark_runs_at_small_size(tmp_path):
-    """`pam bench store` at a tiny size: it runs and reports each approach (figures are not checked)."""
-    import argparse
-
+def test_store_benchmark_approaches_agree_at_small_size(tmp_path):
+    """`pam bench store`'s three approaches, in-process at a tiny size: same rows (no timings)."""
     from pam.bench import store as bench
 
-    summary = bench.run(argparse.Namespace(rows=3000, lookups=100, repeats=2, dir=tmp_path, skip_pandas=False))
-    assert set(summary["results"]) == {"store", "dict", "pandas"}
-    assert summary["results"]["store"]["lookup_ms"] > 0 and summary["store_vs_pandas_lookup"] > 0
-    assert "pandas lookup time / store lookup time" in summary["_render"]
+    ids = bench.generate(str(tmp_path), 3000)
+    queries = [[ids[5], "unknown.jpg", ids[2999], ids[0]]]
+    result, reference = bench._bench_store(str(tmp_path), queries, 2)
+    assert reference.shape == (2, 176) and result["lookup_ms"] > 0  # ids[0] is the generated failure
+    for approach in ("dict", "pandas"):  # each asserts it gathers the same rows as the store
+        assert getattr(bench, f"_bench_{approach}")(str(tmp_path), queries, 2, reference)["lookup_ms"] > 0
