@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--album-size", type=int, default=300, help="photos in the album (default 300)")
     parser.add_argument("--users", type=int, default=5, help="simulated users who rate over HTTP (default 5)")
     parser.add_argument("--ratings", type=int, default=40, help="ratings per user and strategy (default 40)")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs of each head (default 10, as pam train)")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs of the generic aesthetics head (default 40)")
+    parser.add_argument("--attribute-epochs", type=int, default=10, help="epochs of the attributes head (default 10)")
+    parser.add_argument("--content-epochs", type=int, default=10, help="epochs of the content head (default 10)")
+    parser.add_argument("--lr", type=float, default=0.01,
+                        help="learning rate of the heads (default 0.01: with a few hundred photos the paper's "
+                             "0.001 leaves the generic head under-trained; docs/demo.md)")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="trunk (default efficientnet_lite0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=0, help="the service's port on 127.0.0.1 (default: a free one)")
@@ -62,6 +68,11 @@ def run(args: argparse.Namespace) -> dict:
     if keep_serving is None:
         keep_serving = sys.stdout.isatty() and not args.json
     started = time.time()
+
+    def terminate(signum, frame):  # SIGTERM ends the demo like Ctrl-C: the service child is stopped too
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     stages = Stages(N_STAGES)
     state: dict = {"out": str(out), "commands": []}
     service = None
@@ -85,6 +96,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         if service is not None:
             service.stop()
+        signal.signal(signal.SIGTERM, previous)
     state["stages"] = stages.as_list()
     state["total_seconds"] = round(time.time() - started, 1)
     return state
@@ -142,11 +154,12 @@ def _pipeline(args, out: Path, stages, state: dict):
     # 4. train ------------------------------------------------------------------------------
     files = demo_panel.files
     train_dir = out / "train"
-    shutil.rmtree(train_dir, ignore_errors=True)
+    _fresh_run_dir(train_dir, keep="cache")
     train_argv = pam_command("train", "--ratings", files["ratings"], "--images", str(album.root),
                              "--test-workers", files["test_workers"], "--check-images", files["check_images"],
                              "--backbone", args.backbone, "--epochs", str(args.epochs),
-                             "--attribute-epochs", str(args.epochs), "--content-epochs", str(args.epochs),
+                             "--attribute-epochs", str(args.attribute_epochs),
+                             "--content-epochs", str(args.content_epochs), "--lr", str(args.lr),
                              "--random-crops", "2", "--seed", str(args.seed), "--out", str(train_dir), "--json")
     with stages.stage("train", "train: heads on the frozen pretrained trunk (pam train)",
                       f"read {out / 'train.log'}; the training data are in {out / 'panel'}") as rec:
@@ -258,6 +271,20 @@ def _pipeline(args, out: Path, stages, state: dict):
     # the report stage's own time joins the summary (the HTML shows the stages before it)
     state["stages"] = stages.as_list()
     return service
+
+
+def _fresh_run_dir(run: Path, keep: str) -> None:
+    """Empty a previous run's folder but keep its subfolder `keep` (pam train's trunk cache is
+    keyed by the trunk's weights and the photos' paths and mtimes, so a rerun on the same album
+    reuses it instead of recomputing every crop)."""
+    kept = run.parent / f".{run.name}-{keep}"
+    shutil.rmtree(kept, ignore_errors=True)
+    if (run / keep).is_dir():
+        (run / keep).rename(kept)
+    shutil.rmtree(run, ignore_errors=True)
+    if kept.is_dir():
+        run.mkdir(parents=True)
+        kept.rename(run / keep)
 
 
 def _relative(path: str | None, out: Path) -> str | None:
