@@ -259,11 +259,17 @@ def _pipeline(args, out: Path, stages, state: dict):
     from pam.demo.report import figure3_rows, write_report
 
     with stages.stage("report", "report: HTML + PNG plots", f"check that {out} is writable"):
-        first = next(r for r in results if r.strategy == "active")
-        user = demo_panel.users[0]
-        truth = dict(zip(user.image_ids, user.scores.tolist(), strict=True))
-        fig3 = figure3_rows(first.final_ranking, first.final_scores, first.final_generic, truth, set(first.rated))
-        state["figure3"] = {"user": user.user_id, "n_ratings": len(first.rated), **fig3}
+        tops = {}
+        for user in demo_panel.users:  # the figure shows the first user; the means cover them all
+            session = next(r for r in results if r.strategy == "active" and r.user == user.user_id)
+            truth = dict(zip(user.image_ids, user.scores.tolist(), strict=True))
+            tops[user.user_id] = (session, figure3_rows(session.final_ranking, session.final_scores,
+                                                        session.final_generic, truth, set(session.rated)))
+        first_session, fig3 = tops[demo_panel.users[0].user_id]
+        state["figure3"] = {"user": first_session.user, "n_ratings": len(first_session.rated), **fig3,
+                            "all_users_mean_user_score": {
+                                key: float(np.mean([f["mean_user_score"][key] for _, f in tops.values()]))
+                                for key in ("generic", "personalized")}}
         state["finished"] = time.strftime("%Y-%m-%d %H:%M")
         state["stages"] = stages.as_list()
         state["total_seconds"] = round(sum(s["seconds"] for s in state["stages"]), 1)

@@ -214,8 +214,18 @@ def render_html(summary: dict, images: dict[str, str]) -> str:
         _table([f"strategy: mean improvement after {personal['budget']} ratings", "rho gain"], final_rows),
     ]
     if "figure3" in images:
+        fig3 = summary["figure3"]
+        everyone = fig3.get("all_users_mean_user_score")
         parts += ["<h2>One user's album, before and after (the paper's Figure 3)</h2>",
+                  f"<p>The first simulated user ({html.escape(str(fig3['user']))}; not picked for the result), "
+                  f"after the Active-PAM session: the 8 photos ranked highest by the generic score and by the "
+                  f"personalized score, among the photos the user had not rated, with the user's hidden rating "
+                  f"under each.</p>",
                   f"<img src='{images['figure3']}' alt='top 8 generic vs personalized'>"]
+        if everyone:
+            parts.append(f"<p>Over all {len(personal.get('users', [])) or 'the'} simulated users, the mean "
+                         f"rating of their top 8: generic {_fmt(everyone['generic'], 2)}, personalized "
+                         f"{_fmt(everyone['personalized'], 2)}.</p>")
     if summary.get("curation_page"):
         parts += ["<h2>Curation page</h2>",
                   f"<p>Rate photos yourself: <a href='{html.escape(summary['curation_page'])}'>"

@@ -62,9 +62,11 @@ def _summary(tmp_path: Path) -> tuple[dict, Path]:
                     "validation_images": 2, "rho_vs_users_mean": None, "attributes_rho": 0.25,
                     "content_accuracy": 0.5, "training_plot": "train/training.png",
                     "model_card": "model/model_card.md"},
-        "personalization": {"budget": 3, "curves": curves, "final": {"active": 0.1, "random": 0.02}},
+        "personalization": {"budget": 3, "curves": curves, "final": {"active": 0.1, "random": 0.02},
+                            "users": ["u1", "u2"]},
         "service": {"url": "http://127.0.0.1:1234", "requests": 30, "p50_ms": 4.0, "p99_ms": 9.5},
-        "figure3": {"user": "u1", "n_ratings": 3, **fig},
+        "figure3": {"user": "u1", "n_ratings": 3, **fig,
+                    "all_users_mean_user_score": {"generic": 3.25, "personalized": 3.5}},
         "curation_page": "http://127.0.0.1:1234/ui/?user=you",
         "commands": ["pam train --out x", "pam serve --features f"],
     }
@@ -84,7 +86,8 @@ def test_write_report_makes_the_page_and_its_plots(tmp_path):
     for text in ("demo-timings.png", "demo-curves.png", "demo-figure3.png", "CC0", "Stefan van der Walt",
                  "album: the photos", "6.7 images/s", "0.410", "W0003", "pam serve --features f",
                  "http://127.0.0.1:1234/ui/?user=you", "0.100", "train/training.png",
-                 "href='model/model_card.md'", "0.250"):
+                 "href='model/model_card.md'", "0.250", "not picked for the result",
+                 "Over all 2 simulated users", "generic 3.25, personalized 3.50"):
         assert text in page, text
 
 
