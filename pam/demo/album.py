@@ -144,10 +144,12 @@ def _sha256(path: Path) -> str:
 
 
 def stable_subset(image_ids: list[str], size: int, seed: int) -> list[str]:
-    """`size` ids chosen by a hash of (seed, id): stable when photos are added; sorted."""
+    """`size` ids chosen by a hash of (seed, id): stable when photos are added; sorted. The hash is
+    salted with the demo's own name: pam train's validation split hashes (seed, id) too, and an
+    album of the ids with the smallest unsalted hashes would all fall in its validation set."""
     if len(image_ids) <= size:
         return sorted(image_ids)
-    ranked = sorted(image_ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
+    ranked = sorted(image_ids, key=lambda i: hashlib.sha256(f"pam-demo-album:{seed}:{i}".encode()).digest())
     return sorted(ranked[:size])
 
 

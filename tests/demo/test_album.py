@@ -131,3 +131,11 @@ def test_preference_order_folder_then_shared_then_samples(tmp_path, monkeypatch)
     assert found.kind == "shared-photos" and "non-commercial" in found.description
     monkeypatch.setattr(album_mod, "shared_photos_dir", lambda: None)
     assert album_mod.resolve_album(None, tmp_path / "o3", 10, 0).kind == "sample-crops"
+
+
+def test_a_folder_subset_does_not_all_land_in_pam_trains_validation_split():
+    from export.datasets import validation_mask
+
+    ids = [f"n{k:08d}_photo.JPEG" for k in range(1000)]
+    chosen = stable_subset(ids, 60, seed=0)
+    assert 1 <= validation_mask(chosen, 0.1, 0).sum() <= 20
