@@ -76,7 +76,7 @@ class ActivePAM:
             self._check_indices(self.seed_indices)
         self._sq_norms = np.einsum("ij,ij->i", self.V, self.V)
         self._scores: dict[int, float] = {}  # album index -> user score, in first-rating order
-        self._dist = np.zeros((self.n_photos, 0))
+        self._dist = np.zeros((0, self.n_photos))  # [rated, album] distances, eq. 6
         self._n_cols = 0
         self._rated_mask = np.zeros(self.n_photos, dtype=bool)
         self._model: PAM | None = None
@@ -126,15 +126,16 @@ class ActivePAM:
         self._version += 1
 
     def _append_distance_columns(self, new: np.ndarray) -> None:
+        # stored as rows (one per rated photo) so appending writes, and eq. 6 reads, contiguous memory
         need = self._n_cols + new.size
-        if need > self._dist.shape[1]:
-            grown = np.empty((self.n_photos, max(need, 2 * self._dist.shape[1], 16)))
-            grown[:, : self._n_cols] = self._dist[:, : self._n_cols]
+        if need > self._dist.shape[0]:
+            grown = np.empty((max(need, 2 * self._dist.shape[0], 16), self.n_photos))
+            grown[: self._n_cols] = self._dist[: self._n_cols]
             self._dist = grown
-        sq = self._sq_norms[:, None] + self._sq_norms[new][None, :] - 2.0 * (self.V @ self.V[new].T)
+        sq = self._sq_norms[None, :] + self._sq_norms[new][:, None] - 2.0 * (self.V[new] @ self.V.T)
         np.maximum(sq, 0.0, out=sq)
-        sq[new, np.arange(new.size)] = 0.0  # exact zero to itself despite rounding
-        self._dist[:, self._n_cols:need] = np.sqrt(sq)
+        sq[np.arange(new.size), new] = 0.0  # exact zero to itself despite rounding
+        np.sqrt(sq, out=self._dist[self._n_cols:need])
         self._n_cols = need
         self._rated_mask[new] = True
 
@@ -181,7 +182,7 @@ class ActivePAM:
         """Eq. 6 for every album photo (rated ones included; suggest masks them)."""
         if not self._scores:
             return np.zeros(self.n_photos)
-        return self._dist[:, : self._n_cols] @ self.weights()
+        return self.weights() @ self._dist[: self._n_cols]
 
     # --- suggestions -------------------------------------------------------------------------
     def suggest(self, n: int = 1) -> list[int]:

@@ -26,7 +26,7 @@ _quick = False
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--album", type=int, default=10_000, help="album size for the Active-PAM step")
     parser.add_argument("--rated", type=int, default=100, help="rated photos before the timed step")
-    parser.add_argument("--table4-repeats", type=int, default=10, help="repeats per user in the protocol run (paper: 50)")
+    parser.add_argument("--table4-repeats", type=int, default=50, help="repeats per user in the protocol run (the paper's 50)")
     parser.add_argument("--table4-scale", type=float, default=1.0, help="panel size for the protocol run")
     parser.add_argument("--skip-table4", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one timing round with few calls (a smoke run)")
