@@ -31,6 +31,12 @@ Data (personalize.data): load_flickr_aes(csv, test_workers=None, check_images=No
     (WP of eq. 1, random labellers excluded, IM_j weighted means); load_aadb_raters(csv) ->
     Ratings; load_personal_albums(root) -> {owner: (image_ids, scores)}; FeatureMatrix (image ids
     -> X, V). Bad files raise DataError("<file>:<line>: <problem>").
+
+Also (imported on demand, not re-exported here): personalize.baselines (DirectSVR, train_fpmf),
+personalize.selection (Random/Greedy/MCAL/QBC selectors with ActivePAM's interface),
+personalize.protocols (table4, active_curves, taste_experiment, tune_pam),
+personalize.simulate (PanelConfig, simulate_panel, panel_statistics: the frozen rater panel).
+Design notes, the panel's assumptions and measured results: docs/personalize.md.
 """
 
 from personalize.active import ActivePAM, eq5_weights
