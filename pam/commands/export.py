@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "calibration (default: the run's training photos)")
     parser.add_argument("--parity-images", type=int, default=16)
     parser.add_argument("--int8", action="store_true", help="also write an INT8 CPU graph")
-    parser.add_argument("--calibration-images", type=int, default=32)
+    parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--int8-eval-images", type=int, default=64,
                         help="photos (not used for calibration) the INT8 graph is compared on")
     parser.add_argument("--tensorrt", choices=("auto", "require", "skip"), default="auto",
@@ -178,7 +178,7 @@ def _triton(onnx_path: Path, plan_path: str | None, args) -> dict:
     result = write_triton_repository(onnx_path, repo, flavor=args.triton_flavor,
                                      max_batch_size=args.max_batch_size, plan_path=plan_path)
     return {"written": True, "repository": str(repo), "flavor": args.triton_flavor,
-            "details": result if isinstance(result, dict | list | str) else str(result)}
+            "models": {name: str(folder) for name, folder in result.items()}}
 
 
 def exit_code(summary: dict) -> int:

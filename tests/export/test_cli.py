@@ -31,12 +31,16 @@ def test_train_then_export_from_the_command_line(photo_set, tmp_path):
     assert trained["model"] == str(run / "model.safetensors")
     assert trained["stages"]["aesthetics"]["last"]["val_rho"] is not None
 
-    model_dir = tmp_path / "model"
-    out = pam("export", str(run), "--out", str(model_dir), "--triton-flavor", "none",
-              "--parity-images", "4", "--json")
+    model_dir, repo = tmp_path / "model", tmp_path / "triton-cpu"
+    out = pam("export", str(run), "--out", str(model_dir), "--triton-flavor", "cpu",
+              "--triton-repo", str(repo), "--parity-images", "4", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     exported = json.loads(out.stdout)
     assert exported["parity"]["ok"] and exported["parity"]["max_abs_diff"] <= 1e-4
+    assert exported["triton"]["written"] and exported["triton"]["flavor"] == "cpu"
+    assert (repo / "pam_features" / "config.pbtxt").is_file()
+    assert exported["model_version"] in (repo / "pam_features" / "config.pbtxt").read_text()
+    assert "not installed" in exported["tensorrt"]["reason"] or "not asked" in exported["tensorrt"]["reason"]
     assert sorted(p.name for p in model_dir.iterdir()) == ["model_card.json", "model_card.md",
                                                             "pam_features.onnx"]
     card = json.loads((model_dir / "model_card.json").read_text())
