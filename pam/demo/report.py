@@ -228,9 +228,10 @@ def render_html(summary: dict, images: dict[str, str]) -> str:
                          f"{_fmt(everyone['personalized'], 2)}.</p>")
     if summary.get("curation_page"):
         parts += ["<h2>Curation page</h2>",
-                  f"<p>Rate photos yourself: <a href='{html.escape(summary['curation_page'])}'>"
-                  f"{html.escape(summary['curation_page'])}</a> (while <code>pam demo</code> keeps the service up, "
-                  "or run the <code>pam serve</code> command below).</p>"]
+                  f"<p>Rate photos yourself at <a href='{html.escape(summary['curation_page'])}'>"
+                  f"{html.escape(summary['curation_page'])}</a> while the service runs: <code>pam demo</code> run "
+                  "in a terminal keeps it up after this report (Ctrl-C stops it); otherwise start it again with "
+                  "the <code>pam serve</code> command below and open <code>/ui/?user=you</code> on its port.</p>"]
     parts += ["<h2>Commands that ran</h2>",
               "<pre>" + html.escape("\n".join(summary.get("commands", []))) + "</pre>", "</body></html>"]
     return "\n".join(parts)
