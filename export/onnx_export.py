@@ -103,9 +103,16 @@ def ort_session(path: str | Path, threads: int | None = None, level: str = "all"
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(session, images: np.ndarray) -> dict[str, np.ndarray]:
-    values = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images)})
-    return dict(zip(OUTPUT_NAMES, values, strict=True))
+def run_onnx(session, images: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+    """The graph's outputs for `images`, `batch` at a time (a batch of B photos holds 5B crops'
+    activations: hundreds of photos at once would take gigabytes)."""
+    parts = []
+    for start in range(0, len(images), batch):
+        chunk = np.ascontiguousarray(images[start:start + batch])
+        parts.append(session.run(list(OUTPUT_NAMES), {INPUT_NAME: chunk}))
+    if not parts:
+        raise ValueError("no images to score")
+    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(OUTPUT_NAMES)}
 
 
 @torch.inference_mode()

@@ -106,7 +106,7 @@ class _Fused:
     def _one(self, start: int):
         from export.onnx_export import run_onnx
 
-        return run_onnx(self.session, self.images[start:start + self.batch])
+        return run_onnx(self.session, self.images[start:start + self.batch], batch=self.batch)
 
     def __call__(self):
         starts = range(0, len(self.images), self.batch)

@@ -69,6 +69,8 @@ def _run(args: argparse.Namespace) -> dict:
     else:
         parity = {"ok": False, "reason": f"no decodable photos under {photos_root}"}
     checks["parity_torch_vs_onnxruntime"] = parity
+    if len(images) >= 2:
+        checks["feature_scale"] = feature_scale(ox.run_onnx(ox.ort_session(onnx_path), images))
     flops = ox.count_flops(onnx_path, batch=1)
     files = {"onnx": str(onnx_path)}
     if args.int8:
@@ -91,11 +93,28 @@ def _run(args: argparse.Namespace) -> dict:
     triton = _triton(onnx_path, plan.get("plan"), args)
     summary = {"model_version": version, "out": str(out), "files": files,
                "flops_per_image": flops["total"], "parity": parity, "int8": checks.get("int8"),
-               "tensorrt": plan, "triton": triton,
+               "tensorrt": plan, "triton": triton, "feature_scale": checks.get("feature_scale"),
                "validation_rho": (training["history"].get("aesthetics") or [{}])[-1].get("val_rho"),
                "photos_checked": photo_ids[:args.parity_images]}
     summary["ok"] = bool(parity.get("ok")) and not (args.tensorrt == "require" and not plan.get("plan"))
     return summary
+
+
+def feature_scale(outputs: dict) -> dict:
+    """How big aes_feat is next to aes_score, for Active-PAM's v = [w_aes * aes_feat, aes_score]:
+    the paper's w_aes = 0.001 fits its Inception-BN features; `w_aes_balanced` makes both parts
+    of v spread alike on these photos (total std of w_aes * aes_feat = std of aes_score)."""
+    import numpy as np
+
+    from personalize.features import W_AES_PAPER
+
+    score_std = float(np.std(outputs["aes_score"]))
+    feat_std = float(np.sqrt(np.var(outputs["aes_feat"], axis=0).sum()))
+    return {"photos": len(outputs["aes_score"]), "aes_score_std": score_std,
+            "aes_feat_mean_norm": float(np.linalg.norm(outputs["aes_feat"], axis=1).mean()),
+            "aes_feat_total_std": feat_std,
+            "w_aes_balanced": score_std / feat_std if feat_std > 0 else None,
+            "paper_w_aes_feat_to_score_spread": W_AES_PAPER * feat_std / score_std if score_std > 0 else None}
 
 
 def _photos(root: Path, n: int):
