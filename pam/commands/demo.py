@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> dict:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, terminate)
+    # Ctrl-C must reach us even when started from a shell that ignores SIGINT in background jobs
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         demo.run_stages()
         if keep_serving and demo.service is not None:
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         if demo.service is not None:
             demo.service.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     demo.state["stages"] = demo.stages.as_list()
     demo.state["total_seconds"] = round(time.time() - demo.started, 1)
     return demo.state
