@@ -239,7 +239,7 @@ class DemoRun:
             leftover.unlink(missing_ok=True)
         argv = pam_command("serve", "--features", str(self.features_root), "--model", self.model_path,
                            "--photos", str(self.album_.root), "--users", f"sqlite:///{users_db}",
-                           "--host", "127.0.0.1", "--port", str(self.args.port), *self.cpus)
+                           "--host", "127.0.0.1", "--port", str(self.args.port), *self.cpus, *self._w_aes())
         self.service = ServiceProcess(argv, self.out / "serve.log")
         with self.stages.stage("serve", "serve: Ray Serve on a local Ray (pam serve)",
                                f"read {self.out / 'serve.log'}; is another program using --port {self.args.port}?"):
@@ -251,6 +251,20 @@ class DemoRun:
             self.state["service"] = {"url": self.url}
             self.state["curation_page"] = f"{self.url}/ui/?user={CURATION_USER}"
             say(f"      listening on {self.url}; curation page {self.state['curation_page']}")
+
+    def _w_aes(self) -> list[str]:
+        """`--w-aes` for Active-PAM's v = [w_aes * aes_feat, aes_score], rescaled for this trunk as
+        DESIGN.md asks (pam export measures the balancing value), when `pam serve` takes the flag."""
+        from pam.commands import serve as serve_command
+
+        balanced = ((self.state.get("export") or {}).get("feature_scale") or {}).get("w_aes_balanced")
+        serve_parser = argparse.ArgumentParser()
+        serve_command.add_arguments(serve_parser)
+        _, unknown = serve_parser.parse_known_args(["--features", "f", "--w-aes", "1"])
+        takes_flag = "--w-aes" not in unknown
+        self.state["w_aes"] = {"balanced_for_this_trunk": balanced,
+                               "used": balanced if balanced and takes_flag else "the service's default"}
+        return ["--w-aes", f"{balanced:.6g}"] if balanced and takes_flag else []
 
     # 8 -------------------------------------------------------------------------------------
     def sessions(self) -> None:

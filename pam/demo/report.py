@@ -198,6 +198,9 @@ def render_html(summary: dict, images: dict[str, str]) -> str:
              _fmt(generic.get("attributes_rho"))],
             ["content head, accuracy on the k-means classes of the validation photos",
              _fmt(generic.get("content_accuracy"))],
+            ["w_aes of Active-PAM's v = [w_aes * aes_feat, aes_score] that balances both parts for this trunk "
+             "(pam export); used by the service: " + html.escape(str((summary.get("w_aes") or {}).get("used", "n/a"))),
+             _fmt((summary.get("w_aes") or {}).get("balanced_for_this_trunk"), 4)],
         ]),
         *([f"<p>Training curves (<code>pam train</code>); model card: <a href='{html.escape(generic['model_card'])}'>"
            f"{html.escape(generic['model_card'])}</a>.</p>",
