@@ -309,6 +309,14 @@ class Rating(BaseModel):
     score: Annotated[StrictFloat | StrictInt, Field(ge=SCORE_MIN, le=SCORE_MAX)]
 
 
+class AlbumListing(BaseModel):
+    user_id: str
+    image_ids: list[str] = Field(description="the album, in the order photos were added")
+    album_version: int
+    ratings_version: int
+    ratings: list[Rating] = Field(description="the user's ratings, oldest first (a re-rating counts as new)")
+
+
 class RatingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ratings: Annotated[list[Rating], Field(min_length=1, max_length=MAX_RATINGS_PER_CALL)]

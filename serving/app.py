@@ -275,6 +275,13 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         result = await asyncio.to_thread(svc.add_album, t, user_id, data["image_ids"])
         return JSONBytes(encode_json(result))
 
+    @app.get(f"{v1}/users/{{user_id}}/album", tags=["users"], response_model=m.AlbumListing, responses=ERRORS)
+    async def get_album(user_id: str, request: Request):
+        """The user's album (ids in the order added) and ratings (oldest first): what a curation
+        page needs to show and re-rank the whole album."""
+        t = tenant(request)
+        return JSONBytes(encode_json(await asyncio.to_thread(svc.album, t, user_id)))
+
     @app.post(f"{v1}/users/{{user_id}}/ratings", tags=["users"], response_model=m.RatingsResponse,
               responses=ERRORS, openapi_extra=body_doc(m.RatingsRequest))
     async def add_ratings(user_id: str, request: Request):

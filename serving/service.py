@@ -628,6 +628,18 @@ class PersonalizationService:
         return {"user_id": user_id, "ratings_version": ack.ratings_version, "n_ratings": ack.n_ratings,
                 "replayed": ack.replayed}
 
+    def album(self, tenant: str, user_id: str) -> dict:
+        """The album's ids in the order they were added, and the user's ratings oldest first."""
+        check_user_id(user_id)
+        try:
+            snapshot = self.users.snapshot(user_id, tenant)
+        except UnknownUser:
+            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}", unknown=[user_id]) from None
+        return {"user_id": user_id, "image_ids": snapshot.album, "album_version": snapshot.versions.album,
+                "ratings_version": snapshot.versions.ratings,
+                "ratings": [{"image_id": i, "score": s} for i, s in zip(snapshot.rated_ids, snapshot.scores,
+                                                                         strict=True)]}
+
     def delete_user(self, tenant: str, user_id: str) -> dict:
         check_user_id(user_id)
         if not self.users.delete_user(user_id, tenant):

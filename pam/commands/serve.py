@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: a free one)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--w-aes", type=float, default=None,
+                        help="Active-PAM's balance in v = [w_aes * aes_feat, aes_score] (default: the paper's "
+                        "0.001; `pam export` reports the value that balances the two parts for its trunk)")
     parser.add_argument("--direct-ingress", action="store_true",
                         help="experimental: Serve's throughput-optimized mode; each replica also serves HTTP on "
                         "its own port (printed), skipping the proxy hop (~3x the re-rank req/s here). Replicas "
@@ -78,6 +81,10 @@ def service_args(args: argparse.Namespace) -> dict:
     if args.model:  # a local file becomes absolute (replicas run elsewhere); a triton+grpc:// spec stays
         local = "://" not in args.model and not args.model.startswith("onnx:")
         config["model"] = str(Path(args.model).resolve()) if local else args.model
+    if args.w_aes is not None:
+        if not args.w_aes > 0:
+            raise SystemExit(f"pam serve: --w-aes must be > 0, got {args.w_aes}")
+        config["w_aes"] = args.w_aes
     if args.photos:
         config["photos_root"] = str(Path(args.photos).resolve())
     thumbnails = args.thumbnails

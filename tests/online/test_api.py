@@ -162,6 +162,21 @@ def test_next_photos_never_repeats_a_rated_one(api):
     assert call("GET", "/v1/users/cy/next").json()["phase"] == "done"
 
 
+def test_album_listing_shows_ids_in_order_and_ratings_oldest_first(api):
+    call, env, _ = api
+    album = env["ids"][30:36]
+    call("POST", "/v1/users/al/album", json={"image_ids": album[:4]})
+    call("POST", "/v1/users/al/album", json={"image_ids": album[3:]})  # extends; the repeat is not added twice
+    call("POST", "/v1/users/al/ratings", json={"ratings": [{"image_id": album[2], "score": 5}]})
+    call("POST", "/v1/users/al/ratings", json={"ratings": [{"image_id": album[0], "score": 1}]})
+    listing = call("GET", "/v1/users/al/album").json()
+    assert listing["image_ids"] == album
+    assert listing["ratings"] == [{"image_id": album[2], "score": 5}, {"image_id": album[0], "score": 1}]
+    assert listing["ratings_version"] == call("GET", "/v1/users/al").json()["ratings_version"]
+    expect_error(call("GET", "/v1/users/nobody-here/album"), 404, "nobody-here")
+    expect_error(call("GET", "/v1/users/..%2Fetc/album"), 400)
+
+
 def test_ratings_are_idempotent_with_a_request_id(api):
     call, env, _ = api
     call("PUT", "/v1/users/dee")

@@ -60,3 +60,20 @@ def test_pam_serve_answers_without_torch_and_stops_cleanly(feature_env, tmp_path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
+
+
+def test_w_aes_flag_reaches_the_service_config(tmp_path):
+    """pam serve --w-aes sets Active-PAM's balance of v (DESIGN: rescale for another trunk)."""
+    from pam.cli import build_parser
+    from pam.commands.serve import service_args
+    from serving.app import SERVE_ONLY_KEYS
+    from serving.service import ServiceConfig
+
+    def replica_config(args):  # what a replica receives: the Serve-only options are split off
+        return ServiceConfig.from_dict({k: v for k, v in service_args(args).items() if k not in SERVE_ONLY_KEYS})
+
+    base = ["serve", "--features", str(tmp_path), "--users", f"sqlite:///{tmp_path / 'u.db'}"]
+    assert replica_config(build_parser("serve").parse_args([*base, "--w-aes", "0.08"])).w_aes == 0.08
+    assert "w_aes" not in service_args(build_parser("serve").parse_args(base))  # the paper's default
+    with pytest.raises(SystemExit, match="w-aes must be > 0"):
+        service_args(build_parser("serve").parse_args([*base, "--w-aes", "0"]))
