@@ -109,6 +109,12 @@ def load_attributes(path: str | Path, image_root: str | Path, split: str = "trai
     return _resolve(ids, values.astype(np.float32), Path(image_root), f"attribute labels {path}")
 
 
+def has_aadb_split(folder: str | Path, split: str) -> bool:
+    """Whether an AADB label folder holds all ten attribute files of `split`."""
+    return all((Path(folder) / f"imgList{AADB_SPLITS[split]}Regression_{aadb}.txt").is_file()
+               for aadb in AADB_NAMES.values())
+
+
 def _read_aadb_folder(folder: Path, split: str) -> tuple[list[str], np.ndarray]:
     if split not in AADB_SPLITS:
         raise DatasetError(f"AADB split must be one of {sorted(AADB_SPLITS)}, not {split!r}")

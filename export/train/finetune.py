@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from export.networks import FiveCropScorer, PamNet
 from export.networks.backbone import CROP_SIZE
@@ -30,13 +31,15 @@ def _decode(path: Path) -> np.ndarray | str:
 
 def finetune_epoch(net: PamNet, optimizer, paths: list[Path], targets: np.ndarray,
                    batch_size: int, rng: np.random.Generator, device: str, workers: int,
-                   failures: dict[str, str]) -> float:
+                   failures: dict[str, str], progress: bool = False) -> float:
     net.train()
     order = rng.permutation(len(paths))
     offsets = rng.integers(0, MAX_OFFSET + 1, (len(paths), 2))
     losses = []
+    batches = tqdm(list(_batches(order, batch_size)), desc="fine-tune", unit="batch",
+                   leave=False, disable=not progress)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for b in _batches(order, batch_size):
+        for b in batches:
             decoded = list(pool.map(_decode, [paths[i] for i in b]))
             keep = [i for i, img in zip(b, decoded, strict=True) if isinstance(img, np.ndarray)]
             failures.update({str(paths[i]): img for i, img in zip(b, decoded, strict=True)

@@ -111,7 +111,7 @@ def prepare_data(cfg: TrainConfig) -> RunData:
     if cfg.attributes:
         root = cfg.attribute_images or cfg.images
         source = Path(cfg.attributes)
-        if source.is_dir():  # AADB's own train/validation split
+        if source.is_dir() and datasets.has_aadb_split(source, "validation"):  # AADB's own split
             train = datasets.load_attributes(source, root, "train")
             val = datasets.load_attributes(source, root, "validation")
             attr = datasets.ImageSet(train.ids + val.ids, train.paths + val.paths,
@@ -210,7 +210,8 @@ def _run(cfg: TrainConfig, net: PamNet, state: dict, momentum: dict, extra: dict
                 aes, val = data.aesthetics, data.aes_val
                 idx, vidx = np.flatnonzero(~val), np.flatnonzero(val)
                 loss = finetune_epoch(net, optimizer, [aes.paths[i] for i in idx], aes.targets[idx],
-                                      cfg.batch_size, rng, device, cfg.workers, finetune_failures)
+                                      cfg.batch_size, rng, device, cfg.workers, finetune_failures,
+                                      progress)
                 metrics = finetune_validation(net, [aes.paths[i] for i in vidx], aes.targets[vidx],
                                               device, cfg.workers)
                 net.backbone.train(True)

@@ -127,12 +127,14 @@ def _bench_backbone(backbone: str, args: argparse.Namespace) -> dict:
     from export.networks.model import score_one_crop_at_a_time
 
     torch.set_num_threads(args.threads)
+    net, weights = None, "untrained heads"
     if args.run:
         from export.train import load_trained
 
-        net, _ = load_trained(args.run)
-        backbone = net.backbone.name
-    else:
+        trained, _ = load_trained(args.run)
+        if args.backbone != "all" or trained.backbone.name == backbone:  # --run names its backbone
+            net, backbone, weights = trained, trained.backbone.name, str(args.run)
+    if net is None:
         net = create_model(backbone).eval()
     n = max(args.images, args.batch)
     photos = _photos(args.photos, n + (0 if args.no_int8 else args.calibration_images))
@@ -178,7 +180,7 @@ def _bench_backbone(backbone: str, args: argparse.Namespace) -> dict:
                                                       for k in rates if k.startswith("eager_")}}
         best = max((k for k in rates if k.startswith("fp32")), key=lambda k: rates[k]["images_per_s"])
         result = {
-            "backbone": backbone, "weights": str(args.run) if args.run else "untrained heads",
+            "backbone": backbone, "weights": weights,
             "photos": n, "batch": args.batch, "threads": args.threads, "cores": cores,
             "flops_per_image": flops, "peak_gflops": peak / 1e9,
             "fused_onnxruntime": {**rates[best], "arrangement": _arrangement(best, args)},

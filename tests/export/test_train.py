@@ -133,3 +133,21 @@ def test_aadb_label_folder(tmp_path):
     shutil.rmtree(folder)
     with pytest.raises(datasets.DatasetError, match="cannot open"):
         datasets.load_attributes(folder, tmp_path, "train")
+
+
+def test_trains_on_an_aadb_label_folder_with_its_own_split(photo_set, tmp_path):
+    """AADB's layout: one file per attribute and split; validation comes from AADB's own files."""
+    rows = [line.split(",") for line in photo_set["attributes"].read_text().splitlines()[1:]]
+    folder = tmp_path / "imgListFiles_label"
+    folder.mkdir()
+    for split, part in (("Train", rows[:20]), ("Validation", rows[20:])):
+        for i, short in enumerate(ATTRIBUTE_NAMES):
+            name = datasets.AADB_NAMES[short]
+            (folder / f"imgList{split}Regression_{name}.txt").write_text(
+                "".join(f"{r[0]} {r[1 + i]}\n" for r in part))
+    cfg = _config(photo_set, tmp_path / "run", attributes=str(folder), epochs=1, attribute_epochs=1,
+                  content_epochs=0)
+    summary = train(cfg, progress=False)
+    attrs = summary["data"]["attributes"]
+    assert str(folder) in attrs["source"] and attrs["validation_images"] == len(rows) - 20
+    assert summary["stages"]["attributes"]["last"]["val_mean_rho"] is not None
