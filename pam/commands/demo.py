@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         demo.run_stages()
         if keep_serving and demo.service is not None:
+            demo.served_since = time.time()
             say(f"\nreport: {demo.state['files']['report']}\ncuration page: {demo.state['curation_page']}\n"
                 "the service stays up for the curation page; Ctrl-C stops it")
             try:
@@ -96,7 +97,10 @@ def run(args: argparse.Namespace) -> dict:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
     demo.state["stages"] = demo.stages.as_list()
-    demo.state["total_seconds"] = round(time.time() - demo.started, 1)
+    if "total_seconds" not in demo.state:  # a failed run; a finished one counts up to its report
+        demo.state["total_seconds"] = round(time.time() - demo.started, 1)
+    if demo.served_since is not None:
+        demo.state["served_after_report_s"] = round(time.time() - demo.served_since, 1)
     return demo.state
 
 
@@ -113,6 +117,7 @@ class DemoRun:
         self.stages = Stages(N_STAGES)
         self.state: dict = {"out": str(self.out), "commands": []}
         self.service = None
+        self.served_since: float | None = None
         self.cpus = ["--num-cpus", str(args.num_cpus)] if args.num_cpus else []
 
     def run_stages(self) -> None:
@@ -331,6 +336,7 @@ class DemoRun:
             self.state["stages"] = self.stages.as_list()
             self.state["total_seconds"] = round(time.time() - self.started, 1)
             self.state["files"] = write_report(self.state, self.out, self.album_.root)
+        self.state["total_seconds"] = round(time.time() - self.started, 1)
 
 
 def _fresh_run_dir(run: Path, keep: str) -> None:
