@@ -47,13 +47,14 @@ def make_model_version(backbone: str, net: torch.nn.Module, when: dt.date | None
 
 
 def export_onnx(net: PamNet, path: str | Path, model_version: str,
-                extra_metadata: dict[str, str] | None = None) -> Path:
+                extra_metadata: dict[str, str] | None = None,
+                scorer: FiveCropScorer | None = None) -> Path:
     """Write the fused graph as ONE .onnx file (no external data) and return its path."""
     import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scorer = FiveCropScorer(net).eval()
+    scorer = (scorer or FiveCropScorer(net)).eval()
     example = torch.zeros(2, 256, 256, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)

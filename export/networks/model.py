@@ -18,6 +18,7 @@ from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT, SCORE_MA
 
 from .backbone import CROP_SIZE, Backbone
 from .heads import BlockHead
+from .shared_crops import five_crop_maps
 
 WARP_SIZE = 256
 # (top, left) of the four corner crops and the center crop, in this order
@@ -77,15 +78,21 @@ class FiveCropScorer(nn.Module):
     Normalisation runs once per image before slicing; the linear layers run once on the mean
     pooled features (the mean commutes with them), the softmax per crop before averaging."""
 
-    def __init__(self, net: PamNet):
+    def __init__(self, net: PamNet, share_early_layers: bool = True):
         super().__init__()
         self.net = net
+        self.share_early_layers = share_early_layers
 
     def forward(self, images: torch.Tensor):
         net = self.net
         x = net.normalise(images)
-        crops = torch.cat([x[:, :, t:t + CROP_SIZE, s:s + CROP_SIZE] for t, s in CROP_OFFSETS], 0)
-        fmap = net.backbone(crops)  # crop-major: row c * B + b is crop c of image b
+        reach = net.backbone.prefix_reach() if self.share_early_layers else None
+        if reach is not None:  # the early layers once per image, exactly (shared_crops)
+            fmap = five_crop_maps(net.backbone.forward_prefix, net.backbone.forward_rest, reach, x,
+                                  CROP_OFFSETS, CROP_SIZE)
+        else:
+            crops = torch.cat([x[:, :, t:t + CROP_SIZE, s:s + CROP_SIZE] for t, s in CROP_OFFSETS], 0)
+            fmap = net.backbone(crops)  # crop-major: row c * B + b is crop c of image b
         aes_feat = net.aesthetics.features(fmap).reshape(N_CROPS, -1, AES_FEAT_DIM).mean(0)
         attr_feat = net.attributes.features(fmap).reshape(N_CROPS, -1, AES_FEAT_DIM).mean(0)
         content = torch.softmax(net.content(net.backbone.classifier_features(fmap)), dim=1)

@@ -210,6 +210,7 @@ def _bench_backbone(backbone: str, args: argparse.Namespace) -> dict:
             runner.close()
         if args.explore:
             result["explore"] = _explore(fp32, scoring, flops, peak, cores, args)
+            result["explore"] += _unshared(net, backbone, Path(tmp), scoring, peak, cores, args)
     f = result["fused_onnxruntime"]
     result["targets"] = {
         f"speedup >= {TARGETS['speedup']}": result["speedup"] >= TARGETS["speedup"],
@@ -267,6 +268,29 @@ def _explore(fp32: Path, scoring, flops: float, peak: float, cores: int, args) -
         runner.close()
         rows.append({"optimization": level, "threads": threads, "batch": batch, "calls": calls,
                      **_rate(len(images), clock, flops, peak, cores)})
+    return rows
+
+
+def _unshared(net, backbone: str, tmp: Path, scoring, peak: float, cores: int, args) -> list[dict]:
+    """The same graph with every crop's early layers computed separately (no shared prefix)."""
+    from export import onnx_export as ox
+    from export.networks import FiveCropScorer
+
+    if net.backbone.prefix_reach() is None:
+        return []
+    path = ox.export_onnx(net, tmp / "unshared.onnx", ox.make_model_version(backbone, net),
+                          scorer=FiveCropScorer(net, share_early_layers=False))
+    flops = ox.count_flops(path)["total"]
+    rows = []
+    for threads, calls in ((args.threads, 1), (1, args.threads)):
+        runner = _Fused(path, scoring, args.batch, threads, calls)
+        clock = _Clock()
+        for _ in range(max(1, args.repeat)):
+            clock.time(runner)
+        runner.close()
+        rows.append({"optimization": "unshared", "threads": threads, "batch": args.batch,
+                     "calls": calls, "flops_per_image": flops,
+                     **_rate(len(scoring), clock, flops, peak, cores)})
     return rows
 
 

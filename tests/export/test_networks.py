@@ -154,3 +154,34 @@ def test_fused_five_crop_equals_separate_hand_cut_crops(rng):
         all_five = net(net.normalise(crops))["aes_feat"].numpy()
     np.testing.assert_allclose(all_five[1], alone[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(all_five.mean(0), fused[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_reach_of_the_prefixes():
+    from export.networks.shared_crops import Reach
+
+    # lite0's stem (3x3/2, 'SAME' pads 0 before), block 0 (3x3/1), block 1 (3x3/2), block 2 (3x3/1)
+    lite0 = create_backbone("efficientnet_lite0", weights=None).prefix_reach()
+    assert lite0 == Reach(stride=4, before=6, after=12) == Reach.of([(3, 2, 0), (3, 1, 1), (3, 2, 0), (3, 1, 1)])
+    assert lite0.bands(224) == (2, 3) and lite0.strip(224) == 20
+    assert create_backbone("inception_bn").prefix_reach() == Reach(stride=8, before=7, after=19)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "inception_bn"])
+def test_shared_early_layers_equal_separate_crops(backbone, rng):
+    """The early layers once per image plus border strips give each crop's own maps exactly, and
+    bands one row narrower would not (the check can fail)."""
+    from export.networks.shared_crops import Reach, five_crop_maps
+
+    net = create_model(backbone).eval()
+    bb = net.backbone
+    images = torch.from_numpy(rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8))
+    with torch.inference_mode():
+        x = net.normalise(images)
+        crops = torch.cat([x[:, :, t:t + 224, s:s + 224] for t, s in CROP_OFFSETS])
+        separate = bb.forward_prefix(crops)
+        reach = bb.prefix_reach()
+        shared = five_crop_maps(bb.forward_prefix, lambda m: m, reach, x, CROP_OFFSETS, 224)
+        torch.testing.assert_close(shared, separate, rtol=1e-5, atol=1e-5)
+        narrow = Reach(reach.stride, reach.before, reach.after - reach.stride)
+        wrong = five_crop_maps(bb.forward_prefix, lambda m: m, narrow, x, CROP_OFFSETS, 224)
+        assert (wrong - separate).abs().max() > 1e-3

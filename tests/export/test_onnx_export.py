@@ -73,22 +73,29 @@ def test_version_follows_the_weights(tiny_export):
 
 
 def test_flop_count_matches_the_architecture(tiny_export):
-    """Hand count for the tiny network: trunk convs, two trimmed 5b blocks, classifier conv, on
-    five 224x224 crops, plus the three linear heads run once on the crop means."""
+    """Hand count for the tiny network. Its two early convs run once on the whole 256x256 image
+    plus 12 border strips (20 input rows or columns each: the crop sides inside the image); the
+    rest of the trunk, two trimmed 5b blocks and the classifier conv run on five 224x224 crops;
+    the three linear heads once on the crop means (the content softmax per crop)."""
     _, path = tiny_export
 
-    def conv(cin, cout, k, hw):
-        return 2 * cin * cout * k * k * hw * hw
+    def conv(cin, cout, k, h, w=None):
+        return 2 * cin * cout * k * k * h * (w or h)
 
-    trunk = conv(3, 16, 3, 56) + conv(16, 32, 3, 28) + conv(32, 48, 3, 14) + conv(48, 64, 3, 7)
+    def prefix(h, w):
+        return conv(3, 16, 3, h, w) + conv(16, 16, 5, h, w)
+
+    shared = prefix(64, 64) + 12 * prefix(5, 56)
+    rest = conv(16, 32, 3, 28) + conv(32, 48, 3, 14) + conv(48, 64, 3, 7)
     block = (conv(64, 88, 1, 7) + conv(64, 192, 1, 7) + conv(192, 224, 3, 7)
              + conv(224, 56, 3, 7) + conv(64, 32, 1, 7))
-    per_crop = trunk + 2 * block + conv(64, 96, 1, 7)
-    heads = 2 * (176 * 1 + 176 * 11) + 5 * 2 * 96 * 10  # content softmax runs per crop
+    per_crop = rest + 2 * block + conv(64, 96, 1, 7)
+    heads = 2 * (176 * 1 + 176 * 11) + 5 * 2 * 96 * 10
     counted = ox.count_flops(path, batch=1)
-    assert counted["conv"] == 5 * per_crop
+    assert counted["conv"] == shared + 5 * per_crop
     assert counted["gemm"] == heads
     assert ox.count_flops(path, batch=4)["total"] == 4 * counted["total"]
+    assert shared < 5 * prefix(56, 56) / 2  # the sharing does less than half the early work
 
 
 @pytest.mark.photos
