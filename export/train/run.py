@@ -152,7 +152,7 @@ def _run(cfg: TrainConfig, net: PamNet, state: dict, momentum: dict, extra: dict
     device = cfg.device
     net.to(device)
     data = prepare_data(cfg)
-    t0 = time.time()
+    t0, seconds_before = time.time(), state.get("seconds", 0)
     splits: dict[str, stages.Split] = {}
     crop_cache: trunk_cache.CropCache | None = None
 
@@ -206,29 +206,13 @@ def _run(cfg: TrainConfig, net: PamNet, state: dict, momentum: dict, extra: dict
                 group["lr"] = lr
             rng = stages.epoch_rng(cfg.seed, stage_index, epoch)
             tic = time.time()
-            if finetune:
-                aes, val = data.aesthetics, data.aes_val
-                idx, vidx = np.flatnonzero(~val), np.flatnonzero(val)
-                loss = finetune_epoch(net, optimizer, [aes.paths[i] for i in idx], aes.targets[idx],
-                                      cfg.batch_size, rng, device, cfg.workers, finetune_failures,
-                                      progress)
-                metrics = finetune_validation(net, [aes.paths[i] for i in vidx], aes.targets[vidx],
-                                              device, cfg.workers)
-                net.backbone.train(True)
-            elif stage == "aesthetics":
-                loss = stages.aesthetics_epoch(net, optimizer, sp["aes_train"], cfg.batch_size, rng, device)
-                metrics = stages.aesthetics_validation(net, sp["aes_val"], device)
-            elif stage == "attributes":
-                loss = stages.attributes_epoch(net, optimizer, sp["attr_train"], sp["aes_train"],
-                                               cfg.batch_size, cfg.attribute_weight, rng, device)
-                metrics = stages.attributes_validation(net, sp["attr_val"], device)
-            else:
-                loss = stages.content_epoch(net, optimizer, clusters["train"], cfg.batch_size, rng, device)
-                metrics = stages.content_validation(net, clusters["val"], device)
+            loss, metrics = _epoch(stage, finetune, net, optimizer, sp, clusters, data, cfg, rng,
+                                   finetune_failures, progress)
             record = {"epoch": epoch + 1, "lr": lr, "loss": loss, **metrics,
                       "seconds": round(time.time() - tic, 2)}
             state["history"][stage].append(record)
-            state.update(stage=stage, epoch=epoch + 1)
+            state.update(stage=stage, epoch=epoch + 1,
+                         seconds=round(seconds_before + time.time() - t0, 1))
             checkpoint.save(run / CHECKPOINT, net, _clean(state), optimizer, extra)
             headline = {k: v for k, v in metrics.items() if isinstance(v, float)}
             bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.3f}" for k, v in headline.items()})
@@ -244,7 +228,7 @@ def _run(cfg: TrainConfig, net: PamNet, state: dict, momentum: dict, extra: dict
         checkpoint.save(run / CHECKPOINT, net, _clean(state), None, extra)
 
     state["data"] = _data_summary(data, crop_cache, finetune_failures)
-    state["seconds"] = round(state.get("seconds", 0) + time.time() - t0, 1)
+    state["seconds"] = round(seconds_before + time.time() - t0, 1)
     net.eval()
     model_path = checkpoint.save(run / MODEL, net, _clean(state), None, extra)
     plot = _plot(state["history"], run / PLOT)
@@ -253,6 +237,32 @@ def _run(cfg: TrainConfig, net: PamNet, state: dict, momentum: dict, extra: dict
                    "stages": {s: {"epochs": len(h), "last": h[-1] if h else None}
                               for s, h in state["history"].items()},
                    "seconds": state["seconds"], "plot": str(plot) if plot else None})
+
+
+def _epoch(stage: str, finetune: bool, net: PamNet, optimizer, sp: dict, clusters: dict | None,
+           data: RunData, cfg: TrainConfig, rng: np.random.Generator, failures: dict,
+           progress: bool) -> tuple[float, dict]:
+    """One training epoch of `stage` and its validation: (mean training loss, metrics)."""
+    device = cfg.device
+    if finetune:
+        aes, val = data.aesthetics, data.aes_val
+        train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+        loss = finetune_epoch(net, optimizer, [aes.paths[i] for i in train_idx],
+                              aes.targets[train_idx], cfg.batch_size, rng, device, cfg.workers,
+                              failures, progress)
+        metrics = finetune_validation(net, [aes.paths[i] for i in val_idx], aes.targets[val_idx],
+                                      device, cfg.workers)
+        net.backbone.train(True)
+        return loss, metrics
+    if stage == "aesthetics":
+        loss = stages.aesthetics_epoch(net, optimizer, sp["aes_train"], cfg.batch_size, rng, device)
+        return loss, stages.aesthetics_validation(net, sp["aes_val"], device)
+    if stage == "attributes":
+        loss = stages.attributes_epoch(net, optimizer, sp["attr_train"], sp["aes_train"],
+                                       cfg.batch_size, cfg.attribute_weight, rng, device)
+        return loss, stages.attributes_validation(net, sp["attr_val"], device)
+    loss = stages.content_epoch(net, optimizer, clusters["train"], cfg.batch_size, rng, device)
+    return loss, stages.content_validation(net, clusters["val"], device)
 
 
 def _content_clusters(sp: dict[str, stages.Split], extra: dict, seed: int) -> dict:
