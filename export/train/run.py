@@ -56,6 +56,11 @@ def train(cfg: TrainConfig, progress: bool = True, stop_after: int | None = None
         raise FileExistsError(f"{run} already holds a training checkpoint: resume it or choose "
                               "another output folder")
     net = create_model(cfg.backbone, weights=cfg.weights, dropout=cfg.dropout, seed=cfg.seed)
+    if net.backbone.weights_source.startswith("scratch") and not cfg.finetune_trunk \
+            and cfg.backbone != "tiny":
+        raise ValueError(f"{cfg.backbone} has no pretrained weights here, and a frozen random trunk "
+                         "learns nothing: pass --weights PATH (ImageNet weights), or "
+                         "--finetune-trunk to train the trunk from scratch (a GPU job)")
     state = {"config": cfg.to_dict(), "stage": STAGES[0], "epoch": 0,
              "history": {s: [] for s in STAGES}, "started": time.time(),
              "trunk_weights": net.backbone.weights_source}

@@ -55,9 +55,11 @@ def test_resume_ends_with_exactly_the_uninterrupted_weights(photo_set, tiny_run,
         assert torch.equal(resumed.state_dict()[key], value), key
 
 
-def test_refuses_to_overwrite_a_run_or_change_its_data(photo_set, tiny_run):
+def test_refuses_to_overwrite_a_run_or_change_its_data(photo_set, tiny_run, tmp_path):
     with pytest.raises(FileExistsError, match="already holds a training checkpoint"):
         train(_config(photo_set, tiny_run), progress=False)
+    with pytest.raises(ValueError, match="frozen random trunk learns nothing"):
+        train(_config(photo_set, tmp_path / "x", backbone="inception_bn"), progress=False)
     with pytest.raises(ValueError, match="ratings cannot change when resuming"):
         resume(tiny_run, progress=False, ratings="other.csv")
 
