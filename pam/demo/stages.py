@@ -84,36 +84,65 @@ def pam_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "pam.cli", *args]
 
 
-def _relay(stream, tail: deque, log) -> None:
-    """Copy a child's stderr to ours (indented), keep its last lines, and log it."""
-    for raw in iter(stream.readline, b""):
-        text = raw.decode(errors="replace")
-        tail.append(text.rstrip())
-        if log is not None:
-            log.write(text)
-            log.flush()
-        sys.stderr.write("      | " + text if not text.startswith("\r") else text)
-        sys.stderr.flush()
+class _Relay(threading.Thread):
+    """Copy a child's stderr to ours as it comes (progress bars redraw with \r, so chunks, not
+    lines), log it, and keep its last lines for an error message."""
+
+    def __init__(self, stream, log):
+        super().__init__(daemon=True)
+        self.stream, self.log = stream, log
+        self.tail: deque[str] = deque(maxlen=25)
+        self.last_output = time.time()
+        self._partial = ""
+
+    def run(self) -> None:
+        while chunk := self.stream.read1(65536):
+            text = chunk.decode(errors="replace")
+            self.last_output = time.time()
+            if self.log is not None:
+                self.log.write(text)
+                self.log.flush()
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            lines = (self._partial + text).replace("\r", "\n").split("\n")
+            self._partial = lines.pop()
+            self.tail.extend(line.rstrip() for line in lines if line.strip())
+        if self._partial.strip():
+            self.tail.append(self._partial.rstrip())
+
+
+HEARTBEAT_S = 15.0
 
 
 def run_json(stage: str, argv: Sequence[str], hint: str, log_path: Path | None = None,
              ok_codes: Sequence[int] = (0,), env: dict | None = None) -> dict:
-    """Run a `pam ... --json` subcommand; its progress streams to stderr, its summary is returned."""
+    """Run a `pam ... --json` subcommand; its progress streams to stderr (with a heartbeat line
+    when it is silent for a while), its summary is returned."""
     say("      $ " + " ".join(_shown(a) for a in argv))
     log = log_path.open("w", encoding="utf-8") if log_path else None
-    tail: deque[str] = deque(maxlen=25)
+    started = time.time()
     try:
         proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={**os.environ, **(env or {})})
-        relay = threading.Thread(target=_relay, args=(proc.stderr, tail, log), daemon=True)
+        relay = _Relay(proc.stderr, log)
         relay.start()
-        out = proc.stdout.read()
-        code = proc.wait()
+        out: list[bytes] = []
+        reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+        reader.start()
+        beat = started
+        while proc.poll() is None:
+            time.sleep(0.5)
+            now = time.time()
+            if now - max(relay.last_output, beat) >= HEARTBEAT_S:
+                beat = now
+                say(f"      ... {stage} still running ({now - started:.0f} s)")
+        code = proc.returncode
+        reader.join(timeout=30)
         relay.join(timeout=10)
     finally:
         if log is not None:
             log.close()
-    lines = out.decode(errors="replace").strip().splitlines()
+    lines = b"".join(out).decode(errors="replace").strip().splitlines()
     summary = None
     if lines:
         try:
@@ -121,7 +150,7 @@ def run_json(stage: str, argv: Sequence[str], hint: str, log_path: Path | None =
         except ValueError:
             summary = None
     if code not in ok_codes or summary is None:
-        last = "\n        ".join(tail) or "(no output)"
+        last = "\n        ".join(relay.tail) or "(no output)"
         raise StageFailed(stage, f"`{' '.join(argv[2:4])}` exited with status {code}; its last lines:\n        {last}",
                           hint)
     return summary
