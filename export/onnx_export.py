@@ -46,6 +46,25 @@ def make_model_version(backbone: str, net: torch.nn.Module, when: dt.date | None
     return f"{backbone}-{when:%Y%m%d}-{weights_digest(net)[:8]}"
 
 
+def to_onnx_model(module: torch.nn.Module, example: torch.Tensor, input_name: str,
+                  output_names: list[str]):
+    """`module` as an ONNX ModelProto with a dynamic first (batch) dimension, quietly."""
+    batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with (torch.no_grad(), contextlib.redirect_stdout(io.StringIO()),  # keep `--json` stdout clean
+          warnings.catch_warnings()):
+        warnings.simplefilter("ignore", FutureWarning)  # the exporter's own deprecation notices
+        program = torch.onnx.export(
+            module.eval(), (example,), None, input_names=[input_name], output_names=output_names,
+            dynamic_shapes=({0: batch},), dynamo=True, external_data=False, optimize=True,
+            opset_version=OPSET, verbose=False)
+    model = program.model_proto
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    return model
+
+
 def export_onnx(net: PamNet, path: str | Path, model_version: str,
                 extra_metadata: dict[str, str] | None = None,
                 scorer: FiveCropScorer | None = None) -> Path:
@@ -54,22 +73,9 @@ def export_onnx(net: PamNet, path: str | Path, model_version: str,
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    scorer = (scorer or FiveCropScorer(net)).eval()
-    example = torch.zeros(2, 256, 256, 3, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with (torch.no_grad(), contextlib.redirect_stdout(io.StringIO()),  # keep `--json` stdout clean
-          warnings.catch_warnings()):
-        warnings.simplefilter("ignore", FutureWarning)  # the exporter's own deprecation notices
-        program = torch.onnx.export(
-            scorer, (example,), None, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({0: batch},), dynamo=True, external_data=False, optimize=True,
-            opset_version=OPSET, verbose=False)
-    model = program.model_proto
-    model.ir_version = min(model.ir_version, IR_VERSION)
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
-    for output in model.graph.output:
-        output.type.tensor_type.shape.dim[0].dim_param = "batch"
+    scorer = scorer or FiveCropScorer(net)
+    model = to_onnx_model(scorer, torch.zeros(2, 256, 256, 3, dtype=torch.uint8), INPUT_NAME,
+                          list(OUTPUT_NAMES))
     metadata = {MODEL_VERSION_KEY: model_version, CROP_POLICY_KEY: CROP_POLICY,
                 "pam_backbone": net.backbone.name, "pam_aes_score_scale": "1-5",
                 **(extra_metadata or {})}

@@ -153,3 +153,20 @@ def test_trains_on_an_aadb_label_folder_with_its_own_split(photo_set, tmp_path):
     attrs = summary["data"]["attributes"]
     assert str(folder) in attrs["source"] and attrs["validation_images"] == len(rows) - 20
     assert summary["stages"]["attributes"]["last"]["val_mean_rho"] is not None
+
+
+def test_trunk_cache_in_onnxruntime_matches_torch(photo_set, tmp_path):
+    """The cache's trunk runs in ONNX Runtime on CPU for large runs; it stores what torch would."""
+    from export.networks import create_model
+    from export.train import cache
+
+    net = create_model("tiny", seed=2)
+    paths = sorted(photo_set["photos"].iterdir())[:6]
+    stored = {engine: cache.build_or_load(net, paths, tmp_path / engine, 1, 0, progress=False,
+                                          engine=engine)
+              for engine in ("torch", "onnxruntime")}
+    a, b = stored["torch"], stored["onnxruntime"]
+    assert a.ok.all() and b.ok.all()
+    np.testing.assert_allclose(b.fmap.astype(np.float32), a.fmap.astype(np.float32), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(b.classifier.astype(np.float32), a.classifier.astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
