@@ -229,8 +229,10 @@ class DemoRun:
                                f"read {self.out / 'features.log'}; rerunning resumes where it stopped") as rec:
             job = self._child("features", argv, ok_codes=(0, 1))  # 1: some photos failed their own rows
             rec.items = int(job.get("processed", 0)) or len(self.album_)
-            rec.detail = {"note": f"Ray start included; the job itself: {job.get('images_per_s') or 0:.1f} images/s",
-                          "rows_failed": (job.get("table") or {}).get("rows_failed")}
+            failed = (job.get("table") or {}).get("rows_failed") or 0
+            rec.detail = {"note": f"Ray start included; the job itself: {job.get('images_per_s') or 0:.1f} images/s"
+                                  + (f"; {failed} photos could not be decoded (their rows say why)" if failed else ""),
+                          "rows_failed": failed}
             self.state["features"] = {k: job.get(k) for k in (
                 "model_version", "processed", "already_written", "images_per_s", "rows_ok", "rows_failed", "seconds")}
 
