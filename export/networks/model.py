@@ -46,8 +46,9 @@ class PamNet(nn.Module):
         self.register_buffer("inv_std", 1.0 / torch.tensor(backbone.std).reshape(1, 3, 1, 1))
 
     def normalise(self, images_nhwc: torch.Tensor) -> torch.Tensor:
-        """uint8 (or float 0-255) [N, H, W, 3] -> normalised float [N, 3, H, W]."""
-        x = images_nhwc.permute(0, 3, 1, 2).to(torch.float32)
+        """uint8 (or float 0-255) [N, H, W, 3] -> normalised float [N, 3, H, W]. The cast comes
+        first: TensorRT takes uint8 only as a network input feeding a Cast."""
+        x = images_nhwc.to(torch.float32).permute(0, 3, 1, 2)
         return (x - self.mean) * self.inv_std
 
     def heads(self, fmap: torch.Tensor, classifier: torch.Tensor) -> dict[str, torch.Tensor]:
