@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 from pathlib import Path
 
 HELP = "Export the fused five-crop graph (ONNX, INT8, TensorRT, Triton repository, model card)"
@@ -55,14 +56,17 @@ def _run(args: argparse.Namespace) -> dict:
     backbone = training["config"]["backbone"]
     version = ox.make_model_version(backbone, net)
     out = args.out or Path("artifacts/models") / version
+    _say(f"exporting {version} (the fused five-crop graph) ...")
     onnx_path = ox.export_onnx(net, out / "pam_features.onnx", version,
                                {"pam_trained_on": Path(training["config"]["ratings"]).name})
     photos_root = args.photos or Path(training["config"]["images"])
     need = args.parity_images + (args.calibration_images + args.int8_eval_images if args.int8 else 0)
+    _say(f"decoding up to {need} photos from {photos_root} ...")
     images, photo_ids = _photos(photos_root, need)
     checks: dict = {}
     parity_images = images[:args.parity_images]
     if len(parity_images):
+        _say(f"parity: torch vs ONNX Runtime on {len(parity_images)} photos ...")
         parity = ox.parity(net, onnx_path, parity_images)
         parity.update(photos=str(photos_root), tolerance=PARITY_TOLERANCE,
                       ok=parity["max_abs_diff"] <= PARITY_TOLERANCE)
@@ -74,6 +78,7 @@ def _run(args: argparse.Namespace) -> dict:
     flops = ox.count_flops(onnx_path, batch=1)
     files = {"onnx": str(onnx_path)}
     if args.int8:
+        _say("INT8: calibrating, quantizing, comparing with float32 ...")
         checks["int8"] = _int8(onnx_path, out / "pam_features_int8.onnx", images, args)
         files["onnx_int8"] = str(out / "pam_features_int8.onnx")
     plan = _tensorrt(onnx_path, out / "pam_features.plan", args)
@@ -98,6 +103,11 @@ def _run(args: argparse.Namespace) -> dict:
                "photos_checked": photo_ids[:args.parity_images]}
     summary["ok"] = bool(parity.get("ok")) and not (args.tensorrt == "require" and not plan.get("plan"))
     return summary
+
+
+def _say(message: str) -> None:
+    """Progress on stderr (stdout carries the summary, one JSON object with --json)."""
+    print(f"pam export: {message}", file=sys.stderr, flush=True)
 
 
 def feature_scale(outputs: dict) -> dict:
