@@ -36,7 +36,7 @@ def shared_photos() -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx_model(tmp_path_factory) -> Path:
     """A contract-conforming tiny scoring graph (onnx.helper, no torch), model_version tiny-test-0."""
-    from tests.support.tiny_graph import build_tiny_feature_model
+    from pam.bench.tiny_graph import build_tiny_feature_model
 
     return build_tiny_feature_model(tmp_path_factory.mktemp("tiny-model") / "pam_features.onnx")
 

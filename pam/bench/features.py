@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,10 +49,8 @@ def _model(args, workdir: Path) -> tuple[str, str]:
     found = default_model() or _newest(ROOT / "artifacts" / "models")
     if found:
         return found, "exported"
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     try:
-        from tests.support.tiny_graph import build_tiny_feature_model  # needs onnx (test extra)
+        from pam.bench.tiny_graph import build_tiny_feature_model  # needs onnx (test extra)
     except ImportError as exc:
         raise SystemExit(f"pam bench features: no exported model and no tiny graph ({exc}); pass --model") from exc
     return str(build_tiny_feature_model(workdir / "tiny.onnx")), "tiny test graph"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -162,13 +161,11 @@ def _request_images(photos: Path, count: int, np):
 
 
 def _tiny_model(path: Path) -> Path:
-    """The tiny contract graph of the tests (tests/support/tiny_graph.py, onnx.helper, no torch)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    """The tiny contract graph (pam.bench.tiny_graph: onnx.helper, no torch)."""
     try:
-        from tests.support.tiny_graph import build_tiny_feature_model
-    except ImportError as exc:
-        raise SystemExit(f"pam bench triton: no tiny graph outside a source checkout ({exc}); pass --model") from exc
+        from pam.bench.tiny_graph import build_tiny_feature_model
+    except ImportError as exc:  # onnx is in the train and test extras
+        raise SystemExit(f"pam bench triton: the tiny graph needs the onnx package ({exc}); pass --model") from exc
     return build_tiny_feature_model(path, model_version="bench-tiny")
 
 

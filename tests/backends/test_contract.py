@@ -144,7 +144,7 @@ def test_open_backend_specs(tiny_onnx_model):
 def test_onnx_backend_refuses_a_graph_without_version(tmp_path):
     import onnx
 
-    from tests.support.tiny_graph import build_tiny_feature_model
+    from pam.bench.tiny_graph import build_tiny_feature_model
 
     path = build_tiny_feature_model(tmp_path / "m.onnx")
     model = onnx.load(str(path))

@@ -92,9 +92,9 @@ def feature_env(tmp_path_factory, tiny_onnx_model):
 def second_version(feature_env, tmp_path_factory):
     """Version tiny-test-1 (another model) of the same photos, added to the same root."""
     from export.preprocess import decode_file
+    from pam.bench.tiny_graph import build_tiny_feature_model
     from serving import feature_table as ft
     from serving.backends import OnnxRuntimeBackend
-    from tests.support.tiny_graph import build_tiny_feature_model
 
     path = build_tiny_feature_model(tmp_path_factory.mktemp("v1") / "pam_features.onnx", "tiny-test-1", seed=1)
     backend = OnnxRuntimeBackend(path)

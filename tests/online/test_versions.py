@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pam.bench.tiny_graph import build_tiny_feature_model
 from serving.app import LocalRuntime
 from serving.service import Catalog, PersonalizationService, UserModel, model_key
-from tests.support.tiny_graph import build_tiny_feature_model
 
 
 def test_switch_is_atomic_and_user_models_follow(feature_env, second_version, tmp_path):

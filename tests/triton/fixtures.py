@@ -25,7 +25,7 @@ def require_triton_env() -> None:
 @pytest.fixture(scope="session")
 def triton_cpu_repository(tiny_onnx_model, tmp_path_factory) -> Path:
     from export.triton_repo import MODEL_NAME, write_triton_repository
-    from tests.support.tiny_graph import build_tiny_feature_model
+    from pam.bench.tiny_graph import build_tiny_feature_model
 
     repo = tmp_path_factory.mktemp("triton-cpu-repo")
     write_triton_repository(tiny_onnx_model, repo, flavor="cpu", max_batch_size=4)

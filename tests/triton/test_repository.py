@@ -110,7 +110,7 @@ def test_refusals(tiny_onnx_model, tmp_path):
 
 
 def test_version_with_quotes_survives_the_config(tiny_onnx_model, tmp_path):
-    from tests.support.tiny_graph import build_tiny_feature_model
+    from pam.bench.tiny_graph import build_tiny_feature_model
 
     odd = build_tiny_feature_model(tmp_path / "odd.onnx", model_version='v2 "quoted" \\ path')
     written = write_triton_repository(odd, tmp_path / "repo", "cpu")

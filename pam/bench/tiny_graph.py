@@ -1,6 +1,7 @@
 """A tiny scoring graph that honours the fused model's contract, built with onnx.helper (no torch).
 
-Serving tests use it so that they run where torch is not installed, as the serving image does.
+Serving tests and benchmarks use it so that they run where torch is not installed, as the serving
+image does (it needs the onnx package: train and test extras).
 It is deliberately simple (channel means -> 176-d tanh features -> heads) but real: outputs depend
 on the pixels, so wrong batching, wrong decoding or mixed-up rows show up as wrong numbers.
 """
