@@ -16,7 +16,7 @@ ActivePAM(V, X, seed=0, n_seed=10, seed_indices=None, pam_params=None)  -- perso
     X [N, 21] as for PAM. ActivePAM.from_features(aes_feat, aes_score, attributes, content,
     seed=...) builds both. add_rating(index, score) / add_ratings(pairs): any rating joins R,
     re-rating replaces the score. suggest(n=1) -> album indices never rated: the seeded random
-    seed set first (in order), then the n best by eq. 6 (batch mode). ActivePAM.rebuild(V, X,
+    seed set first (in order), then greedily by eq. 6, each pick counted as rated (batch mode). ActivePAM.rebuild(V, X,
     pairs, seed=...) replays stored ratings cheaply into the same state. .model (PAM or None),
     .predict() (scores for the whole album), .rated_indices, .rated_scores, .ratings(),
     .weights() (eq. 5), .objective() (eq. 6).

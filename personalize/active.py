@@ -9,8 +9,9 @@ the PAM inputs X = [x, aes_score], and the rated set R with the user's scores. S
    eq. 6, sum_j w_j * ||v_q - v_j||.
 
 Any rating joins R, suggested or not; re-rating a photo replaces its score and keeps its place.
-`suggest(n)` with n > 1 (batch mode) returns the unrated seed photos first, then the n best by
-eq. 6 under the current model, so a client can show a page of photos at once.
+`suggest(n)` with n > 1 (batch mode) returns the unrated seed photos first, then n photos chosen
+greedily by eq. 6 under the current model, each pick counted as rated (with the mean eq. 5
+weight) before the next, so a client can show a page of photos at once without near-duplicates.
 
 Incremental: the distances from every album photo to each rated photo are kept as columns of a
 matrix, one column computed when a photo is first rated (one [N, d] x [d] product), so a step
@@ -201,7 +202,22 @@ class ActivePAM:
             order = np.random.default_rng(self.seed).permutation(self.n_photos)
             return chosen + [int(i) for i in order if candidates[i]][:n_left]
         score = np.where(candidates, self.objective(), -np.inf)
-        if n_left == 1:  # argmax returns the first maximum: ties go to the lowest index
-            return [*chosen, int(np.argmax(score))]
-        best = np.argsort(-score, kind="stable")[:n_left]  # stable: ties to the lowest index
-        return chosen + [int(i) for i in best]
+        # Greedy batch: each pick joins R as if rated, with the mean eq. 5 weight (its residual is
+        # unknown), before the next pick. The n best by eq. 6 alone are near-duplicates of one
+        # another whenever one region of v is far from R; this is Algorithm 1's diversity
+        # criterion applied within the batch. argmax returns the first maximum: ties go to the
+        # lowest index.
+        pending_weight = float(self.weights().mean())
+        picks: list[int] = []
+        for _ in range(n_left):
+            q = int(np.argmax(score))
+            picks.append(q)
+            score[q] = -np.inf
+            if len(picks) < n_left:
+                score += pending_weight * self._distances_to(q)
+        return chosen + picks
+
+    def _distances_to(self, index: int) -> np.ndarray:
+        sq = self._sq_norms + self._sq_norms[index] - 2.0 * (self.V @ self.V[index])
+        np.maximum(sq, 0.0, out=sq)
+        return np.sqrt(sq, out=sq)

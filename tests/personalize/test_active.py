@@ -124,7 +124,7 @@ def test_rebuild_equals_incremental(rng):
     np.testing.assert_array_equal(again.predict(), live.predict())
 
 
-def test_batch_mode_returns_unrated_seeds_then_best_by_eq6(rng):
+def test_batch_mode_returns_unrated_seeds_then_greedy_eq6_picks(rng):
     V, X = _album(rng, 100)
     t = _user_scores(X, rng)
     state = ActivePAM(V, X, seed=1)
@@ -133,9 +133,32 @@ def test_batch_mode_returns_unrated_seeds_then_best_by_eq6(rng):
         state.add_rating(i, t[i])
     batch = state.suggest(6)
     assert batch[:3] == seeds[7:]
+    # plain greedy: each pick joins R with the mean eq. 5 weight before the next one
     score = np.where(np.isin(np.arange(100), seeds), -np.inf, state.objective())
-    assert batch[3:] == np.argsort(-score, kind="stable")[:3].tolist()
+    expected = []
+    for _ in range(3):
+        q = int(np.argmax(score))
+        expected.append(q)
+        score[q] = -np.inf
+        score = score + state.weights().mean() * np.linalg.norm(V - V[q], axis=1)
+    assert batch[3:] == expected
     assert not set(batch) & set(state.rated_indices.tolist())
+
+
+def test_batch_mode_does_not_suggest_near_duplicates_by_hand():
+    # rated photos at 0 and 1 (zero residuals: uniform weights); candidates A at 10, A' at 10.1
+    # (a near-duplicate), B at -6. Eq. 6: A 10 + 9 = 19, A' 10.1 + 9.1 = 19.2, B 6 + 7 = 13, so
+    # the two best by eq. 6 alone would be A' and A. Greedy: A' first, then counted as rated
+    # (weight 1): A 19 + 0.1 = 19.1, B 13 + 16.1 = 29.1 -> B.
+    V = np.array([[0.0], [1.0], [10.0], [10.1], [-6.0]])
+    aes = np.array([3.0, 2.0, 4.0, 3.0, 1.0])
+    X = np.hstack([np.eye(5)[:, :2], aes[:, None]])
+    state = ActivePAM(V, X, seed_indices=[0, 1])
+    state.add_ratings([(0, 3.5), (1, 2.5)])  # both offsets +0.5
+    np.testing.assert_allclose(state.objective()[[2, 3, 4]], [19.0, 19.2, 13.0])
+    assert state.suggest(1) == [3]
+    assert state.suggest(2) == [3, 4]
+    assert state.suggest(3) == [3, 4, 2]
 
 
 def test_album_smaller_than_seed_set_and_exhaustion(rng):
