@@ -81,42 +81,71 @@ def _empty_outputs() -> dict[str, np.ndarray]:
 
 
 class OnnxRuntimeBackend:
-    """The fused scoring graph in ONNX Runtime, in this process."""
+    """The fused scoring graph in ONNX Runtime, in this process.
+
+    parallel_sessions > 1 runs that many sessions side by side, `intra_op_threads //
+    parallel_sessions` threads each (at least one), and splits a batch across them: on CPU, one
+    single-thread session per core scored 4-5% more images/s than one session with a thread
+    per core (each session keeps its own memory arena, and no thread waits for the slowest
+    one between operators). spin=False stops idle ONNX Runtime threads from spinning, for
+    processes that share their cores with other work (decoding in the batch job).
+    """
 
     def __init__(self, model_path: str | os.PathLike, intra_op_threads: int | None = None,
-                 max_batch_size: int = 32):
+                 max_batch_size: int = 32, parallel_sessions: int = 1, spin: bool = True):
         import onnxruntime as ort
 
+        if parallel_sessions < 1:
+            raise ValueError(f"parallel_sessions must be >= 1, got {parallel_sessions}")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        if intra_op_threads or parallel_sessions > 1:
+            options.intra_op_num_threads = max(1, (intra_op_threads or parallel_sessions) // parallel_sessions)
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.model_path = str(model_path)
-        self._session = ort.InferenceSession(self.model_path, options, providers=["CPUExecutionProvider"])
-        metadata = self._session.get_modelmeta().custom_metadata_map
+        self._sessions = [ort.InferenceSession(self.model_path, options, providers=["CPUExecutionProvider"])
+                          for _ in range(parallel_sessions)]
+        metadata = self._sessions[0].get_modelmeta().custom_metadata_map
         if MODEL_VERSION_KEY not in metadata:
             raise ValueError(f"{model_path} has no {MODEL_VERSION_KEY} in its metadata: not a pam export")
         self.model_version = metadata[MODEL_VERSION_KEY]
         self.crop_policy = metadata.get(CROP_POLICY_KEY, "")
         self.max_batch_size = max_batch_size
-        self._output_names = [o.name for o in self._session.get_outputs()]
+        self._output_names = [o.name for o in self._sessions[0].get_outputs()]
         missing = set(FEATURE_NAMES) - set(self._output_names)
         if missing:
             raise ValueError(f"{model_path} lacks outputs {sorted(missing)}")
+        self._pool = None
+        if parallel_sessions > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(parallel_sessions, thread_name_prefix="pam-ort")
+
+    def _run(self, session, chunk: np.ndarray) -> dict[str, np.ndarray]:
+        values = session.run(self._output_names, {INPUT_NAME: chunk})
+        return normalise_outputs(dict(zip(self._output_names, values, strict=True)), len(chunk))
 
     def score(self, images: np.ndarray) -> dict[str, np.ndarray]:
         images = check_images(images)
-        if self._session is None:
+        sessions = self._sessions
+        if not sessions:
             raise BackendUnavailable(f"backend for {self.model_path} is closed")
-        parts = []
-        for start in range(0, len(images), self.max_batch_size):
-            chunk = images[start:start + self.max_batch_size]
-            values = self._session.run(self._output_names, {INPUT_NAME: chunk})
-            parts.append(normalise_outputs(dict(zip(self._output_names, values, strict=True)), len(chunk)))
-        return _concatenate(parts)
+        if self._pool is None or len(images) < 2:
+            return _concatenate([self._run(sessions[0], images[start:start + self.max_batch_size])
+                                 for start in range(0, len(images), self.max_batch_size)])
+        # ONNX Runtime releases the GIL while it runs, so the sessions work in parallel
+        size = min(self.max_batch_size, -(-len(images) // len(sessions)))
+        chunks = [images[start:start + size] for start in range(0, len(images), size)]
+        futures = [self._pool.submit(self._run, sessions[k % len(sessions)], chunk)
+                   for k, chunk in enumerate(chunks)]
+        return _concatenate([f.result() for f in futures])
 
     def close(self) -> None:
-        self._session = None
+        self._sessions = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __enter__(self):
         return self
@@ -360,7 +389,8 @@ BACKEND_SPECS = ("onnx:/path/model.onnx", "triton+http://HOST:PORT[/MODEL]", "tr
 
 def open_backend(spec: str | os.PathLike, **options) -> FeatureBackend:
     """A feature backend from one string (see the module docstring); options go to its class
-    (max_batch_size for both; intra_op_threads for ONNX; timeout_s, concurrency for Triton)."""
+    (max_batch_size for both; intra_op_threads, parallel_sessions, spin for ONNX; timeout_s,
+    concurrency for Triton)."""
     text = os.fspath(spec)
     if text.startswith("onnx:"):
         return OnnxRuntimeBackend(text[len("onnx:"):], **options)

@@ -126,7 +126,10 @@ def open_feature_backend(spec: str, threads: int | None = None, max_batch_size: 
     path = spec.removeprefix("onnx:")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model {path!r} does not exist (expected an exported pam_features.onnx)")
-    return open_backend(f"onnx:{path}", intra_op_threads=threads, max_batch_size=max_batch_size)
+    # one single-thread session per thread: 4-5% more images/s than one session with that many
+    # threads (serving.backends.OnnxRuntimeBackend)
+    return open_backend(f"onnx:{path}", intra_op_threads=threads, parallel_sessions=threads or 1,
+                        max_batch_size=max_batch_size)
 
 
 # ---------------------------------------------------------------- pipeline stages (run on Ray)

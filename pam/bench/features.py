@@ -77,7 +77,7 @@ def _pinned(cpus: int):
 def _scoring_alone(model: str, images, threads: int, batch: int) -> float:
     from serving.backends import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeBackend(model, intra_op_threads=threads, max_batch_size=batch)
+    backend = OnnxRuntimeBackend(model, intra_op_threads=threads, parallel_sessions=threads, max_batch_size=batch)
     backend.score(images[:batch])  # warm-up
     start = time.perf_counter()
     for i in range(0, len(images), batch):

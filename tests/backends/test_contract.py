@@ -20,13 +20,13 @@ from serving.backends import (
     open_backend,
 )
 
-KINDS = ["onnx", pytest.param("triton-http", marks=pytest.mark.triton),
+KINDS = ["onnx", "onnx-parallel", pytest.param("triton-http", marks=pytest.mark.triton),
          pytest.param("triton-grpc", marks=pytest.mark.triton)]
 ATOL = 1e-3  # float32 means over 196k pixels, summed in another order for another batch size
 
 
 def spec_for(kind: str, request, model_path) -> str:
-    if kind == "onnx":
+    if kind.startswith("onnx"):
         return f"onnx:{model_path}"
     server = request.getfixturevalue("triton_server")
     protocol = kind.split("-")[1]
@@ -35,7 +35,8 @@ def spec_for(kind: str, request, model_path) -> str:
 
 @pytest.fixture(params=KINDS)
 def backend(request, tiny_onnx_model):
-    b = open_backend(spec_for(request.param, request, tiny_onnx_model), max_batch_size=4)
+    options = {"parallel_sessions": 2, "spin": False} if request.param == "onnx-parallel" else {}
+    b = open_backend(spec_for(request.param, request, tiny_onnx_model), max_batch_size=4, **options)
     yield b
     b.close()
 
