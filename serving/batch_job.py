@@ -60,6 +60,8 @@ class JobConfig:
     all_files: bool = False
     promote: bool = True                  # point CURRENT at the version once complete
     max_attempts: int = 3
+    stall_timeout_s: float = 600.0        # no scored batch for this long: abort, re-plan, retry
+    node_loss_grace_s: float = 30.0       # the same, sooner, once a node of the cluster is gone
     ray_address: str | None = None        # None: RAY_ADDRESS or a local Ray started for the job
     num_cpus: int | None = None           # CPUs of a local Ray started for the job
     object_store_memory: int | None = None
@@ -360,22 +362,25 @@ def run_job(config: JobConfig) -> dict:
     }
 
     attempts, retried_errors, processed = 0, [], {"ok": 0, "failed": 0, "seconds": 0.0, "failures": []}
-    plan = None
+    plans: list[ResourcePlan] = []
     started_ray = False
     try:
         while todo.num_rows and attempts < config.max_attempts:
             attempts += 1
-            if plan is None:
+            if not plans:
                 started_ray = _ensure_ray(config)
-                plan = _plan(config)
+            plans.append(_plan(config))  # every attempt: a retry after a lost node fits what is left
             try:
-                _run_pipeline(config, sources, todo, out_root, out_fs, model_version, crop_policy, plan, processed)
+                _run_pipeline(config, sources, todo, out_root, out_fs, model_version, crop_policy, plans[-1],
+                              processed)
             except KeyboardInterrupt:
                 raise
-            except Exception as exc:  # a lost node or actor: redo what is not written yet
-                if not _is_ray_error(exc):
+            except Exception as exc:  # a lost node or actor, a stalled pipeline: redo what is not written
+                if not (_is_ray_error(exc) or isinstance(exc, PipelineStalled)):
                     raise
                 retried_errors.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+                del exc
+                _release_failed_pipeline()
             done, _ = written_ids(out_root, out_fs, model_version)
             todo = _remaining(sources.table, done)
     finally:
@@ -392,7 +397,8 @@ def run_job(config: JobConfig) -> dict:
         "steady_images_per_s": processed.get("steady_rate"), "first_batch_s": processed.get("startup_s"),
         "failures": [{"image_id": i, "error": e} for i, e in processed["failures"][:20]],
         "ray_stages": processed.get("stages", [[]])[-1],
-        "plan": plan.as_dict() if plan else None,
+        "plan": plans[0].as_dict() if plans else None,
+        "plans": [p.as_dict() for p in plans],
     })
     if todo.num_rows:
         summary.update({"complete": False, "remaining": todo.num_rows,
@@ -431,7 +437,8 @@ def _ensure_ray(config: JobConfig) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=config.num_cpus or os.cpu_count(), object_store_memory=config.object_store_memory,
+        # "local": a new Ray, never whatever cluster /tmp/ray/ray_current_cluster last named
+        ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(), object_store_memory=config.object_store_memory,
                  **kwargs)
     return True
 
@@ -441,6 +448,97 @@ def _plan(config: JobConfig) -> ResourcePlan:
 
     return plan_resources(ray.nodes(), backend_kind(config.backend), config.actors, config.threads,
                           config.decode_cpus, config.gpus_per_actor)
+
+
+def _release_failed_pipeline(timeout_s: float = 30.0) -> None:
+    """Let the actors of a failed pipeline go before the retry plans its own.
+
+    Ray Data releases a failed pipeline's actors by dropping its handles, not by killing them;
+    the executor's threads keep those handles in reference cycles until a garbage collection.
+    An actor left alive holds CPU the retry's decode tasks need (on a small node: all of it).
+    """
+    import gc
+
+    import ray
+
+    gc.collect()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= ray.cluster_resources().get("CPU", 0.0) - 1e-6:
+            return
+        time.sleep(0.5)
+        gc.collect()
+
+
+class PipelineStalled(RuntimeError):
+    """No scored batch for too long (a node and its actors gone, nothing to replace them)."""
+
+
+class _StallWatchdog:
+    """Shuts a Ray Data execution down when it stops producing batches.
+
+    Ray Data can wait forever for an actor that cannot come back (its node is gone and the
+    cluster has no room for a replacement). The driver then blocks in iter_batches, so a thread
+    watches the time since the last batch and, past the limit, shuts the executor down; the
+    iteration ends and run_job re-plans on the nodes that are left.
+    """
+
+    def __init__(self, ds, stall_timeout_s: float, node_loss_grace_s: float, poll_s: float = 1.0):
+        import threading
+
+        self._ds = ds
+        self._stall_timeout_s = stall_timeout_s
+        self._node_loss_grace_s = node_loss_grace_s
+        self._poll_s = min(poll_s, stall_timeout_s / 2)
+        self._nodes_at_start = _alive_node_ids()
+        # the clock starts at the first batch: start-up (actors loading a model) is not a stall,
+        # and before its first block Ray Data has no executor to shut down
+        self._last_batch: float | None = None
+        self._stop = threading.Event()
+        self.reason: str | None = None
+        self._thread = threading.Thread(target=self._watch, name="pam-stall-watchdog", daemon=True)
+
+    def __enter__(self) -> _StallWatchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def batch_arrived(self) -> None:
+        self._last_batch = time.monotonic()
+
+    def _watch(self) -> None:
+        checks = 0
+        while not self._stop.wait(self._poll_s):
+            if self._last_batch is None:
+                continue
+            idle = time.monotonic() - self._last_batch
+            if idle > self._stall_timeout_s:
+                self._abort(f"no scored batch for {idle:.0f} s")
+                return
+            checks += 1
+            if idle > self._node_loss_grace_s and checks % 5 == 0:  # ray.nodes() asks the GCS
+                lost = self._nodes_at_start - _alive_node_ids()
+                if lost:
+                    self._abort(f"{len(lost)} node(s) lost and no scored batch for {idle:.0f} s")
+                    return
+
+    def _abort(self, reason: str) -> None:
+        self.reason = reason
+        executor = getattr(self._ds, "_current_executor", None)  # set once the first block is out
+        if executor is not None:
+            executor.shutdown(force=True, exception=PipelineStalled(reason))
+
+
+def _alive_node_ids() -> set[str]:
+    import ray
+
+    try:
+        return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    except Exception:  # the GCS briefly unreachable: report no loss rather than a false one
+        return set()
 
 
 def _is_ray_error(exc: BaseException) -> bool:
@@ -475,19 +573,28 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
     ds = ds.map_batches(Scorer, batch_size=config.batch_size, batch_format="numpy",
                         fn_constructor_kwargs={"backend_spec": config.backend, "threads": plan.threads,
                                                "batch_size": config.batch_size},
-                        compute=pool, num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None)
+                        compute=pool, num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
+                        # Ray Data's default restarts a dead actor forever and parks its tasks
+                        # until then; when its node is gone and nothing can replace it the job
+                        # hangs. Failing fast lets run_job re-plan on the nodes that are left
+                        max_restarts=0)
     writer = PartWriter(out_root, out_fs, model_version, crop_policy, config.rows_per_file, config.flush_s)
     bar = _progress(todo.num_rows, config.progress)
     start = time.perf_counter()
     first = None  # (time, rows) when the first batch arrived: the steady rate excludes start-up
     written = 0
+    watchdog = _StallWatchdog(ds, config.stall_timeout_s, config.node_loss_grace_s)
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-            written += writer.add(batch)
-            first = first or (time.perf_counter(), written)
-            bar.update(len(batch["image_id"]))
-            if config.on_rows:
-                config.on_rows(written)
+        with watchdog:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                watchdog.batch_arrived()
+                written += writer.add(batch)
+                first = first or (time.perf_counter(), written)
+                bar.update(len(batch["image_id"]))
+                if config.on_rows:
+                    config.on_rows(written)
+        if watchdog.reason:
+            raise PipelineStalled(watchdog.reason)
     finally:
         writer.close()  # on Ctrl-C too: what was scored is kept
         end = time.perf_counter()

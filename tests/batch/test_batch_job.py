@@ -177,3 +177,22 @@ def test_job_through_a_real_triton_server(local_ray, tiny_onnx_model, triton_ser
     expected = expected_features(tiny_onnx_model, folder, good)
     # another ONNX Runtime build in the server: float32 sums over 196k pixels differ slightly
     np.testing.assert_allclose(columns["aes_feat"][[index[i] for i in good]], expected["aes_feat"], atol=1e-3)
+
+
+def test_a_stalled_pipeline_is_shut_down_and_the_job_resumes(local_ray, slow_onnx_model, tmp_path):
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    ids = make_photo_folder(folder, 120, seed=3, bad=False)
+    # every gap between two batches (~0.2 s) counts as a stall: each attempt is cut after its first
+    stalled = run_job(JobConfig(inputs=str(folder), out=str(out), backend=str(slow_onnx_model), batch_size=8,
+                                decode_batch=8, rows_per_file=8, progress=False, stall_timeout_s=0.01,
+                                max_attempts=2))
+    assert not stalled["complete"] and stalled["remaining"] > 0
+    assert len(stalled["retried_errors"]) == 2
+    assert all(e.startswith("PipelineStalled: no scored batch for") for e in stalled["retried_errors"])
+    assert len(stalled["plans"]) == 2
+
+    resumed = run_job(JobConfig(inputs=str(folder), out=str(out), backend=str(slow_onnx_model), batch_size=8,
+                                decode_batch=8, rows_per_file=8, progress=False))
+    assert resumed["complete"] and resumed["already_written"] == len(ids) - stalled["remaining"]
+    written = ft.read_version(str(out), "tiny-test-0").column("image_id").to_pylist()
+    assert sorted(written) == sorted(ids)
