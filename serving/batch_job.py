@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -570,14 +571,17 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
                         max_calls=500)
     # min_size 1: the job goes on when a node (and its actor) is lost and nothing can replace it
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors)
-    ds = ds.map_batches(Scorer, batch_size=config.batch_size, batch_format="numpy",
-                        fn_constructor_kwargs={"backend_spec": config.backend, "threads": plan.threads,
-                                               "batch_size": config.batch_size},
-                        compute=pool, num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
-                        # Ray Data's default restarts a dead actor forever and parks its tasks
-                        # until then; when its node is gone and nothing can replace it the job
-                        # hangs. Failing fast lets run_job re-plan on the nodes that are left
-                        max_restarts=0)
+    with warnings.catch_warnings():
+        # max_restarts has no named parameter in Ray 2.60; the **ray_remote_args route warns
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(Scorer, batch_size=config.batch_size, batch_format="numpy",
+                            fn_constructor_kwargs={"backend_spec": config.backend, "threads": plan.threads,
+                                                   "batch_size": config.batch_size},
+                            compute=pool, num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
+                            # Ray Data's default restarts a dead actor forever and parks its tasks
+                            # until then; when its node is gone and nothing can replace it the job
+                            # hangs. Failing fast lets run_job re-plan on the nodes that are left
+                            max_restarts=0)
     writer = PartWriter(out_root, out_fs, model_version, crop_policy, config.rows_per_file, config.flush_s)
     bar = _progress(todo.num_rows, config.progress)
     start = time.perf_counter()
