@@ -589,14 +589,19 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
     written = 0
     watchdog = _StallWatchdog(ds, config.stall_timeout_s, config.node_loss_grace_s)
     try:
-        with watchdog:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                watchdog.batch_arrived()
-                written += writer.add(batch)
-                first = first or (time.perf_counter(), written)
-                bar.update(len(batch["image_id"]))
-                if config.on_rows:
-                    config.on_rows(written)
+        try:
+            with watchdog:
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                    watchdog.batch_arrived()
+                    written += writer.add(batch)
+                    first = first or (time.perf_counter(), written)
+                    bar.update(len(batch["image_id"]))
+                    if config.on_rows:
+                        config.on_rows(written)
+        except Exception as exc:  # whatever a forced shutdown makes the iteration raise
+            if watchdog.reason:
+                raise PipelineStalled(watchdog.reason) from exc
+            raise
         if watchdog.reason:
             raise PipelineStalled(watchdog.reason)
     finally:
