@@ -177,7 +177,11 @@ def read_and_decode(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem,
 class Scorer:
     """Ray Data actor: holds one feature backend and scores decoded batches."""
 
-    def __init__(self, backend_spec: str, threads: int | None, batch_size: int):
+    def __init__(self, backend_spec: str, threads: int | None, batch_size: int, registry=None):
+        if registry is not None:  # so the driver can kill this actor when its pipeline ends
+            import ray
+
+            ray.get(registry.add.remote(ray.get_runtime_context().current_actor))
         self.backend = open_feature_backend(backend_spec, threads=threads, max_batch_size=batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -451,6 +455,44 @@ def _plan(config: JobConfig) -> ResourcePlan:
                           config.decode_cpus, config.gpus_per_actor)
 
 
+class _ActorRegistry:
+    """Handles of one pipeline's scoring actors (a zero-CPU actor on the driver's node).
+
+    Ray Data lets a failed pipeline's actors go by dropping its handles, and lineage kept for the
+    blocks they produced can keep them alive, each holding the CPU a retry needs (on a 1-CPU node,
+    all of it: the retry then waits forever). The driver kills them by these handles instead.
+    """
+
+    def __init__(self):
+        self.handles = []
+
+    def add(self, handle) -> None:
+        self.handles.append(handle)
+
+    def take(self) -> list:
+        handles, self.handles = self.handles, []
+        return handles
+
+
+def _start_registry():
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    return ray.remote(num_cpus=0, max_restarts=0)(_ActorRegistry).options(scheduling_strategy=here).remote()
+
+
+def _kill_registered(registry) -> None:
+    import ray
+
+    try:
+        for handle in ray.get(registry.take.remote(), timeout=30):
+            ray.kill(handle, no_restart=True)
+    except Exception:  # the registry itself lost: nothing more can be done from here
+        pass
+    ray.kill(registry, no_restart=True)
+
+
 def _release_failed_pipeline(timeout_s: float = 30.0) -> None:
     """Let the actors of a failed pipeline go before the retry plans its own.
 
@@ -569,6 +611,7 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
                         # task stage of its own: fused into the scoring actors, it would serialise
                         # with scoring and leave a GPU idle while its actor decodes
                         max_calls=500)
+    registry = _start_registry()
     # min_size 1: the job goes on when a node (and its actor) is lost and nothing can replace it
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors)
     with warnings.catch_warnings():
@@ -576,7 +619,7 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ds.map_batches(Scorer, batch_size=config.batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"backend_spec": config.backend, "threads": plan.threads,
-                                                   "batch_size": config.batch_size},
+                                                   "batch_size": config.batch_size, "registry": registry},
                             compute=pool, num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None,
                             # Ray Data's default restarts a dead actor forever and parks its tasks
                             # until then; when its node is gone and nothing can replace it the job
@@ -605,6 +648,7 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
         if watchdog.reason:
             raise PipelineStalled(watchdog.reason)
     finally:
+        _kill_registered(registry)  # Ray Data has let them go (or failed): none may outlive the pipeline
         writer.close()  # on Ctrl-C too: what was scored is kept
         end = time.perf_counter()
         processed["seconds"] += end - start

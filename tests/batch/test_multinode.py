@@ -57,3 +57,7 @@ def test_node_killed_mid_job_leaves_exactly_one_row_per_photo(cluster, slow_onnx
     written = table.column("image_id").to_pylist()
     assert len(written) == len(set(written)) == len(ids) and set(written) == set(ids)
     assert summary["table"]["rows_failed"] == 3
+    # no scoring actor (Ray Data's MapWorker) outlives the job: each pipeline's are killed
+    alive = [a for a in ray._private.state.actors().values()
+             if "MapWorker" in a["ActorClassName"] and a["State"] != "DEAD"]
+    assert not alive, alive
