@@ -76,6 +76,8 @@ class _Segment:
         counts = np.bincount((self.hashes >> self._shift).astype(np.intp), minlength=1 << bits)
         self._starts = np.zeros((1 << bits) + 1, np.int64 if n >= 2**31 else np.int32)
         np.cumsum(counts, out=self._starts[1:])
+        # halvings that narrow the fullest bucket to one row (3-4 for random hashes)
+        self._probe_steps = int(counts.max(initial=0)).bit_length()
         self.aes_score = _view(_single_chunk(index.column("aes_score")), np.float32, 1, 4)
         for name in ("aes_feat", "attributes", "content"):
             setattr(self, name, _list_view(_single_chunk(index.column(name)), _WIDTHS[name]))
@@ -86,9 +88,10 @@ class _Segment:
         """(hit mask, row positions) for each queried id.
 
         The top bits of an id's 64-bit hash pick a bucket of the sorted hash column (about two
-        rows each); a vectorised probe walks the buckets of all queries at once, checking the key
-        where the hash matches. One or two cache misses per id, where a binary search over
-        millions of rows takes ~20 steps and misses on the last several.
+        rows each); a binary search inside the buckets, vectorised over all queries, finds the
+        first row whose hash is not smaller, and the key decides. One or two cache misses per id,
+        where a binary search over millions of rows takes ~20 steps and misses on the last
+        several; and a fixed few numpy passes, however the ids fall into buckets.
         """
         n_ids = len(ids)
         if self.n == 0:
@@ -96,22 +99,29 @@ class _Segment:
         queries = ft.id_keys(ids, width=self.width, strict=False)
         hashes = ft.key_hashes(queries)
         bucket = (hashes >> self._shift).astype(np.intp)
-        positions = self._starts[bucket].astype(np.intp)
-        ends = self._starts[bucket + 1]
+        low = self._starts[bucket].astype(np.intp)
+        high = self._starts[bucket + 1].astype(np.intp)
+        ends = high.copy()
+        last = self.n - 1
+        for _ in range(self._probe_steps):
+            mid = (low + high) >> 1
+            smaller = self.hashes[np.minimum(mid, last)] < hashes
+            open_ = low < high
+            low = np.where(open_ & smaller, mid + 1, low)
+            high = np.where(open_ & ~smaller, mid, high)
+        positions = low
         hit = np.zeros(n_ids, bool)
         todo = np.flatnonzero((positions < ends) & (queries != b""))
-        while todo.size:
+        while todo.size:  # once, but for the rare ids whose hash another id shares
             at = positions[todo]
-            row_hash, wanted = self.hashes[at], hashes[todo]
-            match = row_hash == wanted
-            if match.any():
-                match[match] = self.keys[at[match]] == queries[todo[match]]
+            same_hash = self.hashes[at] == hashes[todo]
+            todo, at = todo[same_hash], at[same_hash]
+            match = self.keys[at] == queries[todo]
             hit[todo[match]] = True
-            # the bucket is sorted: go on while its hashes are smaller (or equal: a collision)
-            go_on = todo[~match & (row_hash <= wanted)]
+            go_on = todo[~match]
             positions[go_on] += 1
             todo = go_on[positions[go_on] < ends[go_on]]
-        np.minimum(positions, self.n - 1, out=positions)
+        np.minimum(positions, last, out=positions)
         return hit, positions
 
     def ids(self) -> list[str]:

@@ -185,3 +185,23 @@ def test_store_benchmark_approaches_agree_at_small_size(tmp_path):
     assert reference.shape == (2, 176) and result["lookup_ms"] > 0  # ids[0] is the generated failure
     for approach in ("dict", "pandas"):  # each asserts it gathers the same rows as the store
         assert getattr(bench, f"_bench_{approach}")(str(tmp_path), queries, 2, reference)["lookup_ms"] > 0
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+def test_lookups_agree_with_a_dict(tmp_path, rng, monkeypatch, coarse):
+    """Many ids, present and absent, against a plain dict; `coarse` makes hashes collide in
+    groups (full buckets, equal hashes across different keys) to exercise every probe path."""
+    if coarse:
+        real = ft.key_hashes
+        monkeypatch.setattr(ft, "key_hashes", lambda keys: (real(keys) % np.uint64(97)) << np.uint64(57))
+    ids, features = publish(tmp_path, "v1", rng, n=3000)
+    store = FeatureStore.open(str(tmp_path))
+    row_of = {image_id: k for k, image_id in enumerate(ids)}
+    asked = [ids[k] for k in rng.choice(3000, 700, replace=False)] + [f"absent/{k}.jpg" for k in range(300)]
+    asked = [asked[k] for k in rng.permutation(len(asked))]
+    found, missing = store.lookup(asked)
+    assert missing == [i for i in asked if i not in row_of]
+    failed = set(found.failed)
+    assert found.image_ids == [i for i in asked if i in row_of and i not in failed]
+    rows = [row_of[i] for i in found.image_ids]
+    np.testing.assert_array_equal(found.aes_feat, features["aes_feat"][rows].astype(np.float32))
