@@ -40,6 +40,7 @@ from serving.service import (
 
 logger = logging.getLogger("pam.serve")
 WEB_DIR = Path(__file__).resolve().parent / "web"
+MAX_ONGOING_REQUESTS = 32  # per replica; the pam deployment's default (deploy/serve.yaml says the same)
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 
 
@@ -388,7 +389,7 @@ def _deployment():
     """The Serve deployment class (built on first use, so importing this module needs no Ray)."""
     from ray import serve
 
-    @serve.deployment(name="pam", max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.5},
+    @serve.deployment(name="pam", max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0.5},
                       health_check_period_s=10, health_check_timeout_s=30)
     @serve.ingress()
     class PamDeployment:

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, default=10_000, help="users for the many-users part")
     parser.add_argument("--cache", type=int, default=1000, help="user models cached per replica")
     parser.add_argument("--bulk", type=int, default=16, help="queries per bulk request")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating echo / re-rank pairs at 8 connections (the target's ratio: their median)")
     parser.add_argument("--modes", default="proxy,direct", help="Serve modes to measure: proxy, direct")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
     parser.add_argument("--plot", type=Path, help="write a PNG of req/s and p99 against connections")
@@ -313,12 +316,20 @@ def serve_session(params: dict) -> dict:
         port = _free_port_block(1)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
 
-        @serve.deployment(name="echo", ray_actor_options={"num_cpus": 0.5})
+        from serving.app import MAX_ONGOING_REQUESTS
+
         class Echo:
             async def __call__(self, request):
                 return Response(await request.body(), media_type="application/json")
 
-        serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+        # the echo runs with the re-rank deployment's concurrency limit: at Serve's default (5
+        # requests per replica) it was 30-40% slower here, a handicap that flattered the ratio
+        echo = serve.deployment(name="echo", ray_actor_options={"num_cpus": 0.5},
+                                max_ongoing_requests=MAX_ONGOING_REQUESTS)(Echo)
+        serve.run(echo.bind(), name="echo", route_prefix="/echo")
+        if mode == "proxy":
+            serve.run(serve.deployment(name="echo_defaults", ray_actor_options={"num_cpus": 0.5})(Echo).bind(),
+                      name="echo_defaults", route_prefix="/echo_defaults")
         serve.run(build_app({**params["config"], "num_replicas": 1}), name="pam", route_prefix="/")
         if mode == "proxy":
             serve.run(_naive_app(params["config"]), name="naive", route_prefix="/naive")
@@ -337,6 +348,18 @@ def serve_session(params: dict) -> dict:
             out[name] = {}
             for c in params["connections"]:
                 out[name][str(c)] = run_wrk(base + path, scripts[name], c, params["duration"])
+        if mode == "proxy":
+            out["echo_defaults_8"] = run_wrk(bases["pam"] + "/echo_defaults", scripts["echo"], 8, params["duration"])
+        # the target's two figures side by side in time: echo and re-rank alternate at 8
+        # connections, so a drift of the machine's speed falls on both
+        out["rounds_8"] = []
+        for _ in range(params.get("rounds", 0)):
+            pair = {name: run_wrk(paths[name][0] + paths[name][1], scripts[name], 8, params["duration"])
+                    for name in ("echo", "rerank")}
+            pair["rps_ratio"] = pair["rerank"]["rps"] / pair["echo"]["rps"] if pair["echo"]["rps"] else None
+            pair["p99_ratio"] = (pair["rerank"].get("p99_ms", 0) / pair["echo"]["p99_ms"]
+                                 if pair["echo"].get("p99_ms") else None)
+            out["rounds_8"].append(pair)
         # bulk: many queries per request
         bulk_body = json.dumps({"queries": [{"user_id": BENCH_USER, "candidates": params["candidates"]}] * params["bulk"]})
         bulk = run_wrk(bases["pam"] + "/v1/rerank", lua_post(work / f"{mode}-bulk.lua", bulk_body), 8, params["duration"])
@@ -491,7 +514,8 @@ def run(args: argparse.Namespace) -> dict:
             for mode in args.modes.split(","):
                 params = {"mode": mode, "work": str(work), "config": config, "candidates": candidates,
                           "connections": connections, "duration": args.duration, "bulk": args.bulk,
-                          "users": args.users, "cache": args.cache, "round_trips": 15 if args.quick else 40}
+                          "users": args.users, "cache": args.cache, "round_trips": 15 if args.quick else 40,
+                          "rounds": 1 if args.quick else args.rounds}
                 summary["http"][mode] = _run_session(params)
     summary["targets"] = _targets(summary["http"])
     if args.plot:
@@ -509,8 +533,14 @@ def _targets(http: dict) -> dict:
         echo, rerank = res["echo"]["8"], res["rerank"]["8"]
         rps_ratio = rerank["rps"] / echo["rps"] if echo["rps"] else None
         p99_ratio = rerank.get("p99_ms", 0) / echo["p99_ms"] if echo.get("p99_ms") else None
+        rounds = [r for r in res.get("rounds_8", []) if r["rps_ratio"] is not None and r["p99_ratio"] is not None]
+        source = "one point of the connection sweep"
+        if rounds:
+            rps_ratio = statistics.median(r["rps_ratio"] for r in rounds)
+            p99_ratio = statistics.median(r["p99_ratio"] for r in rounds)
+            source = f"median of {len(rounds)} alternating echo / re-rank rounds"
         out[mode] = {"rerank_over_echo_rps_at_8": rps_ratio, "rerank_over_echo_p99_at_8": p99_ratio,
-                     "meets_rps_target_0.8": bool(rps_ratio and rps_ratio >= 0.8),
+                     "from": source, "meets_rps_target_0.8": bool(rps_ratio and rps_ratio >= 0.8),
                      "meets_p99_target_1.5": bool(p99_ratio and p99_ratio <= 1.5)}
     if "proxy" in http and "direct" in http and "rerank" in http["proxy"] and "rerank" in http["direct"]:
         out["direct_over_proxy_rerank_rps_at_8"] = http["direct"]["rerank"]["8"]["rps"] / http["proxy"]["rerank"]["8"]["rps"]
@@ -550,6 +580,14 @@ def render_text(s: dict) -> str:
             for c, r in res.get(name, {}).items():
                 lines.append(f"  {name:<8} {c:>5} {r['rps']:>8.1f} {r.get('p50_ms', 0):>8.2f} "
                              f"{r.get('p99_ms', 0):>8.2f} {r['non_2xx'] + r['socket_errors']:>7}")
+        if "echo_defaults_8" in res:
+            e = res["echo_defaults_8"]
+            lines.append(f"  echo at Serve's default concurrency limit (5 per replica), 8 conns: {e['rps']:.1f} req/s, "
+                         f"p99 {e.get('p99_ms', 0):.1f} ms (the echo above runs with the re-rank's limit)")
+        for k, r in enumerate(res.get("rounds_8", []), 1):
+            lines.append(f"  round {k} at 8 conns: echo {r['echo']['rps']:.1f} req/s (p99 {r['echo'].get('p99_ms', 0):.1f}), "
+                         f"re-rank {r['rerank']['rps']:.1f} (p99 {r['rerank'].get('p99_ms', 0):.1f}): "
+                         f"ratio {r['rps_ratio']:.2f}, p99 ratio {r['p99_ratio']:.2f}")
         if "bulk_8" in res:
             b = res["bulk_8"]
             lines.append(f"  bulk ({b['queries_per_request']} queries/request, 8 conns): {b['rps']:.1f} req/s = "
@@ -566,7 +604,7 @@ def render_text(s: dict) -> str:
             lines.append(f"  rating -> next suggestion over HTTP: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
     for mode, t in s["targets"].items():
         if isinstance(t, dict):
-            lines.append(f"targets ({mode}, 8 conns): re-rank/echo req/s {t['rerank_over_echo_rps_at_8']:.2f} "
+            lines.append(f"targets ({mode}, 8 conns, {t['from']}): re-rank/echo req/s {t['rerank_over_echo_rps_at_8']:.2f} "
                          f"(>= 0.8: {t['meets_rps_target_0.8']}), p99 ratio {t['rerank_over_echo_p99_at_8']:.2f} "
                          f"(<= 1.5: {t['meets_p99_target_1.5']})")
         else:
