@@ -39,18 +39,32 @@ personalize.simulate (PanelConfig, simulate_panel, panel_statistics: the frozen 
 Design notes, the panel's assumptions and measured results: docs/personalize.md.
 """
 
-from personalize.active import ActivePAM, eq5_weights
-from personalize.data import (
-    DataError,
-    FeatureMatrix,
-    FlickrAES,
-    Ratings,
-    load_aadb_raters,
-    load_flickr_aes,
-    load_personal_albums,
-)
-from personalize.metrics import correlation_improvement, spearman_rho
-from personalize.pam import PAM, estimate_gain
+from importlib import import_module
+
+# the public names load on first use (PEP 562): `import personalize.features`, which the batch
+# job's Ray workers do, must not pay for scikit-learn (~1.3 s per worker process)
+_HOME = {
+    "ActivePAM": "personalize.active", "eq5_weights": "personalize.active",
+    "DataError": "personalize.data", "FeatureMatrix": "personalize.data", "FlickrAES": "personalize.data",
+    "Ratings": "personalize.data", "load_aadb_raters": "personalize.data", "load_flickr_aes": "personalize.data",
+    "load_personal_albums": "personalize.data",
+    "correlation_improvement": "personalize.metrics", "spearman_rho": "personalize.metrics",
+    "PAM": "personalize.pam", "estimate_gain": "personalize.pam",
+}
+
+
+def __getattr__(name: str):
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'personalize' has no attribute {name!r}")
+    value = getattr(import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
 
 __all__ = [
     "PAM",

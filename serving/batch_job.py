@@ -443,8 +443,12 @@ def _ensure_ray(config: JobConfig) -> bool:
         ray.init(address=address, **kwargs)
     else:
         # "local": a new Ray, never whatever cluster /tmp/ray/ray_current_cluster last named
-        ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(), object_store_memory=config.object_store_memory,
-                 **kwargs)
+        cpus = config.num_cpus or os.cpu_count()
+        # the pipeline runs ~5 actors beside its tasks (the scoring actors, Ray Data's bookkeeping,
+        # the registry); at the default soft limit (one worker per CPU) Ray kills the workers it
+        # prestarted as soon as those start, and the first decode tasks wait for new ones
+        ray.init(address="local", num_cpus=cpus, object_store_memory=config.object_store_memory,
+                 _system_config={"num_workers_soft_limit": cpus + 8}, **kwargs)
     return True
 
 

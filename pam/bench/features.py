@@ -120,7 +120,7 @@ def _loop(model: str, paths: list[str], ids: list[str], threads: int, batch: int
 def _job(model: str, manifest: Path, out: Path, cpus: int, batch: int) -> dict:
     from serving.batch_job import JobConfig, run_job
 
-    with _pinned(cpus):
+    with _pinned(cpus), _CpuSampler() as sampler:
         start = time.perf_counter()
         summary = run_job(JobConfig(inputs=str(manifest), out=str(out), backend=model, batch_size=batch,
                                     num_cpus=cpus, progress=False, promote=False,
@@ -129,7 +129,74 @@ def _job(model: str, manifest: Path, out: Path, cpus: int, batch: int) -> dict:
     return {"images_per_s": summary["images_per_s"], "steady_images_per_s": summary["steady_images_per_s"],
             "first_batch_s": summary["first_batch_s"], "wall_s": wall, "pipeline_s": summary["pipeline_seconds"],
             "rows_ok": summary["rows_ok"], "rows_failed": summary["rows_failed"], "plan": summary["plan"],
-            "stages": summary["ray_stages"]}
+            "stages": summary["ray_stages"], "cpu_by_role": sampler.steady_cores()}
+
+
+class _CpuSampler:
+    """Where the cores went while the job ran: CPU time per process (from /proc) every few seconds,
+    grouped by role. steady_cores() takes the middle of the run (after start-up, before the
+    end's index build), in cores (1.0 = one core busy)."""
+
+    ROLES = (("scoring actor", "MapWorker"), ("decode tasks", "read_and_decode"), ("scoring actor", "Scorer"),
+             ("Ray system", "raylet"), ("Ray system", "gcs_server"), ("Ray system", "ray::"),
+             ("Ray system", "/ray/"))
+
+    def __init__(self, every_s: float = 2.0):
+        import threading
+
+        self.every_s, self.samples, self.titles = every_s, [], {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        if Path("/proc/self/stat").exists():
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self):
+        while True:
+            self.samples.append((time.perf_counter(), self._snapshot()))
+            if self._stop.wait(self.every_s):
+                return
+
+    def _snapshot(self) -> dict[int, float]:
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+                title = Path(f"/proc/{entry.name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            pid = int(entry.name)
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
+            if "IDLE" not in title:  # a worker between tasks shows ray::IDLE; keep what it did
+                self.titles[pid] = title
+        return cpu
+
+    def _role(self, pid: int) -> str:
+        if pid == os.getpid():
+            return "driver (listing, writing parts, Ray Data's scheduler)"
+        title = self.titles.get(pid, "")
+        return next((role for role, marker in self.ROLES if marker in title), "other programs")
+
+    def steady_cores(self) -> dict[str, float] | None:
+        if len(self.samples) < 5:
+            return None
+        (t0, a), (t1, b) = self.samples[len(self.samples) // 4], self.samples[-2]
+        roles: dict[str, float] = {}
+        for pid, seconds in b.items():
+            role = self._role(pid)
+            roles[role] = roles.get(role, 0.0) + (seconds - a.get(pid, 0.0)) / (t1 - t0)
+        return {k: round(v, 3) for k, v in sorted(roles.items(), key=lambda kv: -kv[1]) if v > 0.001}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -156,9 +223,14 @@ def run(args: argparse.Namespace) -> dict:
         sample = photos[:64]
         blobs = [p.read_bytes() for p in sample]
         with _pinned(1):
-            start = time.perf_counter()
-            images = np.stack([decode(b) for b in blobs])
-            decode_ms = (time.perf_counter() - start) / len(blobs) * 1e3
+            images = np.stack([decode(b) for b in blobs])  # warm-up: Pillow's plugins, first allocations
+            passes = []
+            for _ in range(3):
+                start = time.perf_counter()
+                for b in blobs:
+                    decode(b)
+                passes.append(time.perf_counter() - start)
+            decode_ms = min(passes) / len(blobs) * 1e3
             score_1 = _scoring_alone(model, images, threads=1, batch=args.batch_size)
         with _pinned(cpus):
             score_n = _scoring_alone(model, images, threads=cpus, batch=args.batch_size)
@@ -208,6 +280,9 @@ def render(s: dict) -> str:
              f"  job, {n} CPUs:           {s['job'][n]['images_per_s']:.1f} img/s, steady "
              f"{s['job'][n]['steady_images_per_s'] or 0:.1f} img/s after the first batch at "
              f"{s['job'][n]['first_batch_s'] or 0:.1f} s (wall {s['job'][n]['wall_s']:.1f} s incl. Ray start)"]
+    roles = s["job"][n].get("cpu_by_role")
+    if roles:
+        lines.append("  cores in use during the job's middle: " + ", ".join(f"{k} {v:.2f}" for k, v in roles.items()))
     if "1" in s["job"]:
         lines.append(f"  job, 1 CPU:            {s['job']['1']['images_per_s']:.1f} img/s "
                      f"(scaling 1 -> {n}: {s['job_scaling_1_to_n']:.2f}x)")
