@@ -178,15 +178,14 @@ class _CpuSampler:
             fields = stat.rsplit(")", 1)[1].split()
             pid = int(entry.name)
             cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
-            if "IDLE" not in title:  # a worker between tasks shows ray::IDLE; keep what it did
-                self.titles[pid] = title
+            self.titles.setdefault(pid, set()).add(title)  # a worker between tasks shows ray::IDLE
         return cpu
 
     def _role(self, pid: int) -> str:
         if pid == os.getpid():
             return "driver (listing, writing parts, Ray Data's scheduler)"
-        title = self.titles.get(pid, "")
-        return next((role for role, marker in self.ROLES if marker in title), "other programs")
+        titles = self.titles.get(pid, ())
+        return next((role for role, marker in self.ROLES if any(marker in t for t in titles)), "other programs")
 
     def steady_cores(self) -> dict[str, float] | None:
         if len(self.samples) < 5:
@@ -243,11 +242,16 @@ def run(args: argparse.Namespace) -> dict:
     photos_total = 10_000_000
     gpu_rate = args.gpu_images_per_s
     gpus = max(1, int(np.ceil(photos_total / gpu_rate / (args.target_hours * 3600))))
-    decode_cpus_per_gpu = gpu_rate * decode_ms / 1e3
+    # sizing uses what a decode task costs inside the job (reading, Ray's task and object-store
+    # overhead included) when the CPU sampler saw it, else the bare decode
+    roles, steady = job_n.get("cpu_by_role") or {}, job_n.get("steady_images_per_s")
+    decode_ms_in_job = roles["decode tasks"] / steady * 1e3 if roles.get("decode tasks") and steady else None
+    decode_cpus_per_gpu = gpu_rate * (decode_ms_in_job or decode_ms) / 1e3
     summary = {
         "model": model, "model_kind": model_kind, "photos": len(photos), "repeat": args.repeat,
         "images": len(paths), "cpus": cpus,
         "decode_ms_per_image_1core": decode_ms,
+        "decode_ms_per_image_in_job": decode_ms_in_job,
         "scoring_ms_per_image_1core": per_image_core_s * 1e3,
         "scoring_alone_images_per_s": {"1": score_1, str(cpus): score_n},
         "loop_images_per_s": loop,
@@ -274,7 +278,9 @@ def render(s: dict) -> str:
     lines = [f"batch features on {s['images']} images ({s['photos']} photos x {s['repeat']}), model: "
              f"{s['model_kind']} ({s['model']})",
              f"  per image on one core: decode {s['decode_ms_per_image_1core']:.1f} ms, "
-             f"five-crop scoring {s['scoring_ms_per_image_1core']:.1f} ms",
+             f"five-crop scoring {s['scoring_ms_per_image_1core']:.1f} ms"
+             + (f"; a decode task in the job: {s['decode_ms_per_image_in_job']:.1f} ms of CPU per photo"
+                if s.get("decode_ms_per_image_in_job") else ""),
              f"  scoring alone ({n} cores): {s['scoring_alone_images_per_s'][n]:.1f} img/s",
              f"  single-process loop:   {s['loop_images_per_s']:.1f} img/s",
              f"  job, {n} CPUs:           {s['job'][n]['images_per_s']:.1f} img/s, steady "
