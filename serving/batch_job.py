@@ -616,7 +616,8 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
                         # with scoring and leave a GPU idle while its actor decodes
                         max_calls=500)
     registry = _start_registry()
-    # min_size 1: the job goes on when a node (and its actor) is lost and nothing can replace it
+    # min_size 1 lets Ray Data's pool shrink (idle actors near the end of the input); a lost actor
+    # is not waited for: max_restarts=0 below fails the pipeline and run_job re-plans
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors)
     with warnings.catch_warnings():
         # max_restarts has no named parameter in Ray 2.60; the **ray_remote_args route warns

@@ -16,6 +16,7 @@ run needs on a GPU cluster from those costs (the GPU's images/s is an input: mea
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -190,11 +191,16 @@ class _CpuSampler:
     def steady_cores(self) -> dict[str, float] | None:
         if len(self.samples) < 5:
             return None
-        (t0, a), (t1, b) = self.samples[len(self.samples) // 4], self.samples[-2]
+        window = self.samples[len(self.samples) // 4:-1]
         roles: dict[str, float] = {}
-        for pid, seconds in b.items():
-            role = self._role(pid)
-            roles[role] = roles.get(role, 0.0) + (seconds - a.get(pid, 0.0)) / (t1 - t0)
+        # interval by interval: a process that ends (a recycled decode worker) keeps what it used
+        # up to its last sample
+        for (_, a), (_, b) in itertools.pairwise(window):
+            for pid, seconds in b.items():
+                role = self._role(pid)
+                roles[role] = roles.get(role, 0.0) + seconds - a.get(pid, 0.0)
+        span = window[-1][0] - window[0][0]
+        roles = {k: v / span for k, v in roles.items()}
         return {k: round(v, 3) for k, v in sorted(roles.items(), key=lambda kv: -kv[1]) if v > 0.001}
 
 
