@@ -66,18 +66,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_HOME})
 
 
-__all__ = [
-    "PAM",
-    "ActivePAM",
-    "DataError",
-    "FeatureMatrix",
-    "FlickrAES",
-    "Ratings",
-    "correlation_improvement",
-    "eq5_weights",
-    "estimate_gain",
-    "load_aadb_raters",
-    "load_flickr_aes",
-    "load_personal_albums",
-    "spearman_rho",
-]
+__all__ = sorted(_HOME)  # the public names are the lazily loaded ones
