@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from personalize.features import AES_FEAT_DIM, FEATURE_NAMES, N_ATTRIBUTES, N_CONTENT
 from serving import feature_table as ft
+from serving.local_ray import init_local_ray
 from serving.sources import Sources, list_sources, open_for_path
 
 DEFAULT_ROWS_PER_FILE = 16384  # ~13 MB of Parquet: large files, bounded rewrite cost
@@ -447,8 +448,8 @@ def _ensure_ray(config: JobConfig) -> bool:
         # the pipeline runs ~5 actors beside its tasks (the scoring actors, Ray Data's bookkeeping,
         # the registry); at the default soft limit (one worker per CPU) Ray kills the workers it
         # prestarted as soon as those start, and the first decode tasks wait for new ones
-        ray.init(address="local", num_cpus=cpus, object_store_memory=config.object_store_memory,
-                 _system_config={"num_workers_soft_limit": cpus + 8}, **kwargs)
+        init_local_ray(num_cpus=cpus, object_store_memory=config.object_store_memory,
+                       _system_config={"num_workers_soft_limit": cpus + 8}, **kwargs)
     return True
 
 

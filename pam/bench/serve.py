@@ -306,11 +306,11 @@ def serve_session(params: dict) -> dict:
     from starlette.responses import Response
 
     from serving.app import build_app
+    from serving.local_ray import init_local_ray
 
     mode, work = params["mode"], Path(params["work"])
-    metrics_port = _free_port_block(1)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port,
-             _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False)
+    metrics_port = init_local_ray(num_cpus=2, include_dashboard=False,
+                                  _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False)
     out: dict = {"mode": mode}
     try:
         port = _free_port_block(1)

@@ -111,17 +111,17 @@ def run(args: argparse.Namespace) -> dict:
     from ray import serve
 
     from serving.app import build_app, direct_ingress_env, find_replica_ports
+    from serving.local_ray import init_local_ray
 
     port = args.port or _free_port(args.host)
-    metrics_port = args.metrics_port or _free_port("127.0.0.1")
     started = time.time()
     replica_urls: list[str] = []
     if args.direct_ingress:
         span = 12
         direct_base = _free_port_block(args.host, 2 * span)
         os.environ.update(direct_ingress_env(direct_base, span))
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, _metrics_export_port=metrics_port,
-             configure_logging=False, log_to_driver=False)
+    metrics_port = init_local_ray(metrics_port=args.metrics_port, num_cpus=args.num_cpus, include_dashboard=False,
+                                  configure_logging=False, log_to_driver=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

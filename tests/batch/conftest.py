@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serving.local_ray import init_local_ray
 from tests.conftest import free_port
 
 BAD_PHOTOS = {  # relative path -> bytes; each must become a failed row naming its reason
@@ -103,8 +104,7 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=400 * 1024 * 1024,
-             log_to_driver=False)
+    init_local_ray(num_cpus=2, include_dashboard=False, object_store_memory=400 * 1024 * 1024, log_to_driver=False)
     yield ray
     ray.shutdown()
 

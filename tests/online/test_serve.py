@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 
+from serving.local_ray import init_local_ray
 from serving.user_store import open_user_store
 from tests.conftest import free_port
 from tests.online.test_api import Client, expect_error, expected_scores
@@ -32,9 +33,8 @@ def serve_env(feature_env, tmp_path_factory):
 
     from serving.app import build_app
 
-    metrics_port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _metrics_export_port=metrics_port,
-             _system_config={"metrics_report_interval_ms": 1000})
+    metrics_port = init_local_ray(num_cpus=2, include_dashboard=False,
+                                  _system_config={"metrics_report_interval_ms": 1000})
     port = free_port()
     store_url = f"sqlite:///{tmp_path_factory.mktemp('serve-users') / 'users.db'}"
     config = {"feature_root": feature_env["feature_root"], "model": feature_env["model"],

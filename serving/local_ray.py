@@ -1,0 +1,111 @@
+"""Starting a new local Ray node, once more when its start-up times out.
+
+Ray's head start waits 30 s for the raylet to register with the GCS, then raises a bare
+`Exception` and leaves the processes it started running. A CI run saw this once, for a test's
+`pam serve`, and it happens every time a port given to Ray is taken when Ray binds it (the metrics
+agent fails, the raylet exits): `pam serve` chose its metrics port free a moment earlier, a race.
+A healthy start takes 3-8 s here, even with the cores saturated. So this says why (the error
+lines of Ray's logs), stops what the failed try left, and tries again on a freshly chosen port.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+STARTUP_TIMEOUT_MESSAGE = "timed out during startup"
+RAY_LOGS = ("raylet.out", "gcs_server.out", "dashboard_agent.log", "runtime_env_agent.log")
+TELLING = re.compile(r"error|fail|exception|in use|refused", re.IGNORECASE)
+
+
+def init_local_ray(attempts: int = 2, metrics_port: int | None = None, **kwargs) -> int:
+    """`ray.init(address="local", **kwargs)`, tried up to `attempts` times; returns the port of
+    Ray's Prometheus metrics. Without `metrics_port`, each try takes a port free at that moment."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for attempt in range(1, attempts + 1):
+        port = metrics_port or free_port()
+        before = _descendants(os.getpid())
+        try:
+            ray.init(address="local", _metrics_export_port=port, **kwargs)
+            return port
+        except Exception as error:  # Ray raises a bare Exception for this
+            if STARTUP_TIMEOUT_MESSAGE not in str(error) or attempt == attempts:
+                raise
+            print(f"local Ray did not start (try {attempt} of {attempts}): {error}\n"
+                  f"{_log_lines()}\nstopping what it started and trying again", file=sys.stderr, flush=True)
+            _stop(_descendants(os.getpid()) - before)
+            ray.shutdown()
+    raise AssertionError("unreachable")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+def _log_lines(per_log: int = 3) -> str:
+    """The last lines of Ray's start-up logs that name an error (its tracebacks say little)."""
+    logs = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "session_latest" / "logs"
+    found = []
+    for name in RAY_LOGS:
+        path = logs / name
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        telling = [line.strip()[:300] for line in lines if TELLING.search(line)][-per_log:]
+        if telling:
+            found.append(f"  {path}:\n    " + "\n    ".join(telling))
+    return "\n".join(found) or f"  (no error lines in Ray's logs under {logs})"
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = entry.read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _stop(pids: set[int], grace_s: float = 5.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace_s
+        while time.time() < deadline and any(_running(pid) for pid in pids):
+            time.sleep(0.1)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie; reaps it when it is this process's own child."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
