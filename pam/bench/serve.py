@@ -548,7 +548,25 @@ def _targets(http: dict) -> dict:
                      "meets_p99_target_1.5": bool(p99_ratio and p99_ratio <= 1.5)}
     if "proxy" in http and "direct" in http and "rerank" in http["proxy"] and "rerank" in http["direct"]:
         out["direct_over_proxy_rerank_rps_at_8"] = http["direct"]["rerank"]["8"]["rps"] / http["proxy"]["rerank"]["8"]["rps"]
+        lowered = _lowered_overhead_target(http["proxy"], http["direct"])
+        if lowered:
+            out["lowered_overhead"] = lowered
     return out
+
+
+def _lowered_overhead_target(proxy: dict, direct: dict) -> dict | None:
+    """The target as the issue words it: the re-rank, with "what lowers the overhead" applied (one
+    hop fewer: direct ingress), against the trivial echo deployment behind Serve's proxy. Medians
+    of each mode's rounds at 8 connections (the two modes run one after the other)."""
+    echo = [r["echo"] for r in proxy.get("rounds_8", []) if r["echo"].get("rps")]
+    rerank = [r["rerank"] for r in direct.get("rounds_8", []) if r["rerank"].get("rps")]
+    if not echo or not rerank:
+        return None
+    rps = statistics.median(r["rps"] for r in rerank) / statistics.median(r["rps"] for r in echo)
+    p99 = statistics.median(r.get("p99_ms", 0) for r in rerank) / statistics.median(r.get("p99_ms", 0) for r in echo)
+    return {"rerank": "direct ingress", "echo": "Serve's proxy", "rerank_over_echo_rps_at_8": rps,
+            "rerank_over_echo_p99_at_8": p99, "from": f"medians of {len(rerank)} and {len(echo)} rounds",
+            "meets_rps_target_0.8": rps >= 0.8, "meets_p99_target_1.5": p99 <= 1.5}
 
 
 def render_text(s: dict) -> str:
@@ -607,7 +625,12 @@ def render_text(s: dict) -> str:
             r = res["round_trip"]
             lines.append(f"  rating -> next suggestion over HTTP: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
     for mode, t in s["targets"].items():
-        if isinstance(t, dict):
+        if mode == "lowered_overhead":
+            lines.append(f"target as worded (re-rank over {t['rerank']} vs the echo through {t['echo']}, 8 conns, "
+                         f"{t['from']}): req/s {t['rerank_over_echo_rps_at_8']:.2f} "
+                         f"(>= 0.8: {t['meets_rps_target_0.8']}), p99 ratio {t['rerank_over_echo_p99_at_8']:.2f} "
+                         f"(<= 1.5: {t['meets_p99_target_1.5']})")
+        elif isinstance(t, dict):
             lines.append(f"targets ({mode}, 8 conns, {t['from']}): re-rank/echo req/s {t['rerank_over_echo_rps_at_8']:.2f} "
                          f"(>= 0.8: {t['meets_rps_target_0.8']}), p99 ratio {t['rerank_over_echo_p99_at_8']:.2f} "
                          f"(<= 1.5: {t['meets_p99_target_1.5']})")

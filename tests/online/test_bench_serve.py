@@ -31,3 +31,25 @@ def test_serve_bench_runs_quick_through_the_proxy():
     target = summary["targets"]["proxy"]
     assert target["from"] == "median of 1 alternating echo / re-rank rounds"
     assert target["rerank_over_echo_rps_at_8"] == proxy["rounds_8"][0]["rps_ratio"]
+
+
+def test_the_worded_target_sets_direct_rerank_rounds_against_proxied_echo_rounds():
+    from pam.bench.serve import _targets
+
+    def rounds(echo, rerank):
+        return [{"echo": {"rps": e, "p99_ms": ep}, "rerank": {"rps": r, "p99_ms": rp},
+                 "rps_ratio": r / e, "p99_ratio": rp / ep} for (e, ep), (r, rp) in zip(echo, rerank, strict=True)]
+
+    point = {"8": {"rps": 1.0, "p99_ms": 1.0}}
+    http = {"proxy": {"echo": point, "rerank": point,
+                      "rounds_8": rounds([(200, 60), (210, 70), (190, 80)], [(130, 90), (140, 85), (120, 95)])},
+            "direct": {"echo": point, "rerank": point,
+                       "rounds_8": rounds([(4000, 20), (4400, 19), (4200, 21)], [(550, 28), (600, 22), (580, 30)])}}
+    t = _targets(http)
+    assert t["proxy"]["rerank_over_echo_rps_at_8"] == pytest.approx(130 / 200)
+    worded = t["lowered_overhead"]
+    assert worded["rerank_over_echo_rps_at_8"] == pytest.approx(580 / 200)  # medians: 580 direct, 200 proxied
+    assert worded["rerank_over_echo_p99_at_8"] == pytest.approx(28 / 70)
+    assert worded["meets_rps_target_0.8"] and worded["meets_p99_target_1.5"]
+    del http["direct"]["rounds_8"]
+    assert "lowered_overhead" not in _targets(http)
