@@ -121,6 +121,27 @@ class _Fused:
             self.pool.shutdown()
 
 
+class _Backend:
+    """The product's ONNX Runtime backend (serving.backends.OnnxRuntimeBackend, as the batch job
+    opens it): one single-thread session per core; each call of `batch` photos is run one photo
+    per session.run, the sessions taking the next photo as they finish."""
+
+    def __init__(self, path: Path, images, batch: int, threads: int):
+        from serving.backends import OnnxRuntimeBackend
+
+        self.backend = OnnxRuntimeBackend(path, parallel_sessions=threads, max_batch_size=batch)
+        self.session = self.backend._sessions[0]
+        self.images, self.batch = images, batch
+        self()  # warm-up
+
+    def __call__(self):
+        return [self.backend.score(self.images[start:start + self.batch])
+                for start in range(0, len(self.images), self.batch)]
+
+    def close(self):
+        self.backend.close()
+
+
 def _bench_backbone(backbone: str, args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
@@ -159,6 +180,7 @@ def _bench_backbone(backbone: str, args: argparse.Namespace) -> dict:
             runners[f"{name}_one_call"] = _Fused(path, scoring, args.batch, args.threads, 1)
             if args.threads > 1:
                 runners[f"{name}_per_core"] = _Fused(path, scoring, args.batch, 1, args.threads)
+                runners[f"{name}_per_core_per_photo"] = _Backend(path, scoring, args.batch, args.threads)
         # eager at the default thread count and at one thread: torch's OpenMP threads can be
         # several times slower than one thread on small per-crop ops; the faster one is the baseline
         eager_threads = sorted({args.threads, 1})
@@ -242,6 +264,9 @@ def sgemm_reference(size: int = 1536, repeat: int = 3) -> float:
 
 
 def _arrangement(name: str, args) -> str:
+    if name.endswith("per_core_per_photo"):
+        return (f"{args.threads} sessions side by side x 1 thread, calls of {args.batch} photos run one photo "
+                "per session run (serving.backends)")
     if name.endswith("per_core"):
         return f"{args.threads} sessions side by side x 1 thread, batch {args.batch} each"
     return f"one call at a time x {args.threads} threads, batch {args.batch}"

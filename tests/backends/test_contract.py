@@ -161,3 +161,22 @@ def test_triton_unreachable_is_a_clear_error(protocol):
 
     with pytest.raises(BackendUnavailable, match="unreachable"):
         TritonBackend(f"127.0.0.1:{free_port()}", protocol=protocol, timeout_s=5)
+
+
+def test_single_thread_sessions_run_one_photo_per_call_and_keep_the_order(tiny_onnx_model, reference):
+    images = varied_images(11, seed=3)
+    per_photo = OnnxRuntimeBackend(tiny_onnx_model, parallel_sessions=2, max_batch_size=8)
+    whole = OnnxRuntimeBackend(tiny_onnx_model, intra_op_threads=2, max_batch_size=8)
+    try:
+        assert per_photo.micro_batch == 1 and whole.micro_batch == 8  # one thread per session vs two
+        expected = reference(images)
+        for backend in (per_photo, whole):
+            got = backend.score(images)
+            for name, value in expected.items():
+                np.testing.assert_allclose(got[name], value, atol=ATOL, err_msg=name)
+        assert OnnxRuntimeBackend(tiny_onnx_model, parallel_sessions=2, micro_batch=3).micro_batch == 3
+    finally:
+        per_photo.close()
+        whole.close()
+    with pytest.raises(ValueError, match="micro_batch"):
+        OnnxRuntimeBackend(tiny_onnx_model, micro_batch=0)
