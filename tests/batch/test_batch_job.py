@@ -21,7 +21,9 @@ pytestmark = pytest.mark.ray
 
 
 def expected_features(model, folder, ids):
-    backend = OnnxRuntimeBackend(model)
+    """What the job's scoring actors compute: single-thread sessions run one photo at a time
+    (a batch of another size sums in another order: ~1e-4 apart in float32)."""
+    backend = OnnxRuntimeBackend(model, intra_op_threads=1)
     images = np.stack([decode((folder / i).read_bytes()) for i in ids])
     return backend.score(images)
 
