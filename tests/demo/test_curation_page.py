@@ -17,7 +17,7 @@ from pam.demo.sessions import Client
 from pam.demo.stages import ServiceProcess, pam_command
 from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT, pam_input
 from personalize.pam import PAM
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray]
 N_PHOTOS = 24
@@ -59,7 +59,7 @@ def page_service(tmp_path_factory):
     data = _photos_and_features(tmp)
     argv = pam_command("serve", "--features", str(data["features_root"]), "--photos", str(data["photos"]),
                        "--users", f"sqlite:///{tmp / 'users.db'}", "--host", "127.0.0.1",
-                       "--port", str(free_port()), "--num-cpus", "2")
+                       "--port", "0", "--num-cpus", "2")
     service = ServiceProcess(argv, tmp / "serve.log")
     try:
         url = service.start(timeout=300)
