@@ -45,9 +45,10 @@ def init_local_ray(attempts: int = 2, metrics_port: int | None = None, **kwargs)
     raise AssertionError("unreachable")
 
 
-def free_port() -> int:
+def free_port(host: str = "") -> int:
+    """A port free on `host` now (every interface by default); nothing holds it afterwards."""
     with socket.socket() as probe:
-        probe.bind(("", 0))
+        probe.bind((host, 0))
         return probe.getsockname()[1]
 
 

@@ -49,12 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "added later by autoscaling are reachable through the proxy port only")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _free_port_block(host: str, size: int) -> int:
     """The first port of `size` consecutive ports that are free now (direct-ingress replicas)."""
     import random
@@ -111,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
     from ray import serve
 
     from serving.app import build_app, direct_ingress_env, find_replica_ports
-    from serving.local_ray import init_local_ray
+    from serving.local_ray import free_port, init_local_ray
 
     started = time.time()
     replica_urls: list[str] = []
@@ -123,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
                                   configure_logging=False, log_to_driver=False)
     # chosen after Ray's start: Ray's own processes bind ephemeral ports while it starts, and a
     # port picked free before that could be one of theirs by the time Serve's proxy binds it
-    port = args.port or _free_port(args.host)
+    port = args.port or free_port(args.host)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
