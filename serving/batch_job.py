@@ -50,8 +50,8 @@ class JobConfig:
     inputs: str
     out: str
     backend: str                          # a model path, onnx:PATH, triton+http://..., triton+grpc://...
-    batch_size: int = 32                  # images per scoring call
-    decode_batch: int = 16                # images per decode task call
+    batch_size: int = 128                 # images per scoring call (a Ray Data task of the actor pool)
+    decode_batch: int | None = None       # images per decode task call (default: half a scoring batch)
     rows_per_file: int = DEFAULT_ROWS_PER_FILE
     flush_s: float = DEFAULT_FLUSH_S
     actors: int | None = None             # scoring actors (default: per node / per GPU)
@@ -180,9 +180,7 @@ class Scorer:
 
     def __init__(self, backend_spec: str, threads: int | None, batch_size: int, registry=None):
         if registry is not None:  # so the driver can kill this actor when its pipeline ends
-            import ray
-
-            ray.get(registry.add.remote(ray.get_runtime_context().current_actor))
+            registry.add_current_actor()
         self.backend = open_feature_backend(backend_spec, threads=threads, max_batch_size=batch_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -445,8 +443,8 @@ def _ensure_ray(config: JobConfig) -> bool:
     else:
         # "local": a new Ray, never whatever cluster /tmp/ray/ray_current_cluster last named
         cpus = config.num_cpus or os.cpu_count()
-        # the pipeline runs ~5 actors beside its tasks (the scoring actors, Ray Data's bookkeeping,
-        # the registry); at the default soft limit (one worker per CPU) Ray kills the workers it
+        # the pipeline runs ~4 actors beside its tasks (the scoring actors, Ray Data's location
+        # tracker, autoscaling coordinator and stats actor); at the default soft limit (one worker per CPU) Ray kills the workers it
         # prestarted as soon as those start, and the first decode tasks wait for new ones
         init_local_ray(num_cpus=cpus, object_store_memory=config.object_store_memory,
                        _system_config={"num_workers_soft_limit": cpus + 8}, **kwargs)
@@ -460,42 +458,47 @@ def _plan(config: JobConfig) -> ResourcePlan:
                           config.decode_cpus, config.gpus_per_actor)
 
 
-class _ActorRegistry:
-    """Handles of one pipeline's scoring actors (a zero-CPU actor on the driver's node).
+class _ScorerRegistry:
+    """Handles of one pipeline's scoring actors, kept in the GCS's key-value store.
 
     Ray Data lets a failed pipeline's actors go by dropping its handles, and lineage kept for the
     blocks they produced can keep them alive, each holding the CPU a retry needs (on a 1-CPU node,
     all of it: the retry then waits forever). The driver kills them by these handles instead.
+    Each actor files its own handle as it starts; the GCS outlives any worker node, and no process
+    of our own has to run for it (an idle Ray worker costs ~0.01 cores, and its start-up competes
+    with the pipeline's first seconds).
     """
 
+    NAMESPACE = "pam-features"
+
     def __init__(self):
-        self.handles = []
+        self.prefix = f"scorers/{os.getpid()}-{time.time_ns()}/"
 
-    def add(self, handle) -> None:
-        self.handles.append(handle)
+    def add_current_actor(self) -> None:
+        import ray
+        from ray.experimental import internal_kv
 
-    def take(self) -> list:
-        handles, self.handles = self.handles, []
-        return handles
+        handle = ray.get_runtime_context().current_actor
+        key = self.prefix + ray.get_runtime_context().get_actor_id()
+        internal_kv._internal_kv_put(key, ray.cloudpickle.dumps(handle), namespace=self.NAMESPACE)
 
+    def kill_all(self) -> int:
+        """Kill every actor filed under this pipeline; returns how many were filed."""
+        import ray
+        from ray.experimental import internal_kv
 
-def _start_registry():
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    return ray.remote(num_cpus=0, max_restarts=0)(_ActorRegistry).options(scheduling_strategy=here).remote()
-
-
-def _kill_registered(registry) -> None:
-    import ray
-
-    try:
-        for handle in ray.get(registry.take.remote(), timeout=30):
-            ray.kill(handle, no_restart=True)
-    except Exception:  # the registry itself lost: nothing more can be done from here
-        pass
-    ray.kill(registry, no_restart=True)
+        try:
+            keys = internal_kv._internal_kv_list(self.prefix, namespace=self.NAMESPACE)
+        except Exception:  # the GCS unreachable: nothing more can be done from here
+            return 0
+        for key in keys:
+            try:
+                ray.kill(ray.cloudpickle.loads(internal_kv._internal_kv_get(key, namespace=self.NAMESPACE)),
+                         no_restart=True)
+            except Exception:  # already gone, or its handle no longer resolves
+                pass
+            internal_kv._internal_kv_del(key, namespace=self.NAMESPACE)
+        return len(keys)
 
 
 def _release_failed_pipeline(timeout_s: float = 30.0) -> None:
@@ -605,10 +608,11 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
     context.enable_operator_progress_bars = False
     # small input blocks keep the first scored rows (and the steady state) early; at most ~10,000
     # blocks keep the driver's bookkeeping small on runs of millions
-    block = min(512, max(2 * config.decode_batch, math.ceil(todo.num_rows / 10_000)))
+    decode_batch = config.decode_batch or max(16, config.batch_size // 2)
+    block = min(512, max(2 * decode_batch, math.ceil(todo.num_rows / 10_000)))
     chunks = [todo.slice(i, block) for i in range(0, todo.num_rows, block)]
     ds = ray.data.from_arrow(chunks)
-    ds = ds.map_batches(read_and_decode, batch_size=config.decode_batch, batch_format="numpy",
+    ds = ds.map_batches(read_and_decode, batch_size=decode_batch, batch_format="numpy",
                         fn_kwargs={"filesystem": sources.filesystem, "read_threads": config.read_threads},
                         num_cpus=plan.decode_cpus,
                         # decode workers are recycled every 500 calls (what a leaking decoder can
@@ -616,7 +620,7 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
                         # task stage of its own: fused into the scoring actors, it would serialise
                         # with scoring and leave a GPU idle while its actor decodes
                         max_calls=500)
-    registry = _start_registry()
+    registry = _ScorerRegistry()
     # min_size 1 lets Ray Data's pool shrink (idle actors near the end of the input); a lost actor
     # is not waited for: max_restarts=0 below fails the pipeline and run_job re-plans
     pool = ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors)
@@ -634,7 +638,7 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
     writer = PartWriter(out_root, out_fs, model_version, crop_policy, config.rows_per_file, config.flush_s)
     bar = _progress(todo.num_rows, config.progress)
     start = time.perf_counter()
-    first = None  # (time, rows) when the first batch arrived: the steady rate excludes start-up
+    arrivals: list[tuple[float, int]] = []  # (time, rows so far) as batches reach the driver
     written = 0
     watchdog = _StallWatchdog(ds, config.stall_timeout_s, config.node_loss_grace_s)
     try:
@@ -643,7 +647,7 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                     watchdog.batch_arrived()
                     written += writer.add(batch)
-                    first = first or (time.perf_counter(), written)
+                    arrivals.append((time.perf_counter(), written))
                     bar.update(len(batch["image_id"]))
                     if config.on_rows:
                         config.on_rows(written)
@@ -654,18 +658,33 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
         if watchdog.reason:
             raise PipelineStalled(watchdog.reason)
     finally:
-        _kill_registered(registry)  # Ray Data has let them go (or failed): none may outlive the pipeline
+        registry.kill_all()  # Ray Data has let them go (or failed): none may outlive the pipeline
         writer.close()  # on Ctrl-C too: what was scored is kept
         end = time.perf_counter()
         processed["seconds"] += end - start
-        if first and written > first[1] and end > first[0]:
-            processed["steady_rate"] = (written - first[1]) / (end - first[0])
-            processed["startup_s"] = first[0] - start
+        if arrivals:
+            processed["startup_s"] = arrivals[0][0] - start
+            processed["steady_rate"] = steady_rate(arrivals)
         processed["ok"] += writer.ok
         processed["failed"] += writer.failed
         processed["failures"].extend(writer.failures)
         processed.setdefault("stages", []).append(_stage_lines(ds))
         bar.close()
+
+
+def steady_rate(arrivals: list[tuple[float, int]], low: float = 0.25, high: float = 0.75) -> float | None:
+    """Rows per second between the batches that cross `low` and `high` of the rows.
+
+    The middle of the run, not "after the first batch": `iter_batches` prefetches, so the first
+    batches reach the driver together once the first one is out, and the end runs on photos
+    decoded ahead while the scorer waited; both would flatter the rate. None on too few batches.
+    """
+    if len(arrivals) < 3:
+        return None
+    total = arrivals[-1][1]
+    a = next(x for x in arrivals if x[1] >= low * total)
+    b = next(x for x in arrivals if x[1] >= high * total)
+    return (b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] and b[1] > a[1] else None
 
 
 def _stage_lines(ds) -> list[str]:

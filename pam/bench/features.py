@@ -25,6 +25,7 @@ from pathlib import Path
 HELP = "the Ray Data batch job vs a single-process loop vs scoring alone; 1 -> N CPU scaling"
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PHOTOS = ROOT.parent / "shared" / "photos" / "imagenet-sample"
+DRIVER = "driver (listing, writing parts, Ray Data's scheduler)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="list the photos this many times under different ids")
     parser.add_argument("--model", help="exported pam_features.onnx (default: newest artifacts/models/*/, "
                                         "else the tiny test graph, which makes scoring unrealistically cheap)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=128, help="photos per scoring call, job and alone")
     parser.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)), help="the 'all cores' figure")
     parser.add_argument("--skip-one-cpu", action="store_true", help="leave out the 1-CPU job run")
     parser.add_argument("--gpu-images-per-s", type=float, default=500.0,
@@ -135,8 +136,8 @@ def _job(model: str, manifest: Path, out: Path, cpus: int, batch: int) -> dict:
 
 class _CpuSampler:
     """Where the cores went while the job ran: CPU time per process (from /proc) every few seconds,
-    grouped by role. steady_cores() takes the middle of the run (after start-up, before the
-    end's index build), in cores (1.0 = one core busy)."""
+    grouped by role. steady_cores() takes the middle half of the run (after start-up, before the
+    end, where decoding has finished), in cores (1.0 = one core busy)."""
 
     ROLES = (("scoring actor", "MapWorker"), ("decode tasks", "read_and_decode"), ("scoring actor", "Scorer"),
              ("Ray system", "raylet"), ("Ray system", "gcs_server"), ("Ray system", "ray::"),
@@ -184,14 +185,14 @@ class _CpuSampler:
 
     def _role(self, pid: int) -> str:
         if pid == os.getpid():
-            return "driver (listing, writing parts, Ray Data's scheduler)"
+            return DRIVER
         titles = self.titles.get(pid, ())
         return next((role for role, marker in self.ROLES if any(marker in t for t in titles)), "other programs")
 
     def steady_cores(self) -> dict[str, float] | None:
         if len(self.samples) < 5:
             return None
-        window = self.samples[len(self.samples) // 4:-1]
+        window = self.samples[len(self.samples) // 4:3 * len(self.samples) // 4 + 1]
         roles: dict[str, float] = {}
         # interval by interval: a process that ends (a recycled decode worker) keeps what it used
         # up to its last sample
@@ -253,6 +254,7 @@ def run(args: argparse.Namespace) -> dict:
     roles, steady = job_n.get("cpu_by_role") or {}, job_n.get("steady_images_per_s")
     decode_ms_in_job = roles["decode tasks"] / steady * 1e3 if roles.get("decode tasks") and steady else None
     decode_cpus_per_gpu = gpu_rate * (decode_ms_in_job or decode_ms) / 1e3
+    ceiling = _ceiling(roles, steady, score_n, cpus, decode_ms)
     summary = {
         "model": model, "model_kind": model_kind, "photos": len(photos), "repeat": args.repeat,
         "images": len(paths), "cpus": cpus,
@@ -265,6 +267,7 @@ def run(args: argparse.Namespace) -> dict:
         "job_vs_loop": job_n["images_per_s"] / loop,
         "job_vs_scoring_alone": job_n["images_per_s"] / score_n,
         "job_steady_vs_scoring_alone": (job_n["steady_images_per_s"] or 0) / score_n,
+        "job_ceiling": ceiling,
         "job_scaling_1_to_n": (job_n["images_per_s"] / job_1["images_per_s"]) if job_1 else None,
         "estimate_10m": {
             "assumed_gpu_images_per_s": gpu_rate,
@@ -279,6 +282,25 @@ def run(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _ceiling(roles: dict, steady: float | None, score_n: float, cpus: int, decode_ms: float) -> dict | None:
+    """What the job can reach on these cores, from where its CPU went in the middle of the run.
+
+    Scoring runs at scoring alone's per-core rate on whatever the job's other processes leave, so
+        ceiling = scoring alone x (cores - their cores) / cores.
+    `floor_share` is the part of the machine the job cannot give back whatever this project does:
+    decoding at its bare single-core cost, Ray's processes (raylet, GCS, agents, Ray Data's
+    bookkeeping actors, idle workers) and the driver (Ray Data's scheduling loop, nearly all of it).
+    """
+    if not roles or not steady:
+        return None
+    others = sum(v for k, v in roles.items() if k not in ("scoring actor", "other programs"))
+    floor = decode_ms * steady / 1e3 + roles.get("Ray system", 0.0) + roles.get(DRIVER, 0.0)
+    return {"non_scoring_cores": others, "images_per_s": score_n * (cpus - others) / cpus,
+            "steady_vs_ceiling": steady / (score_n * (cpus - others) / cpus),
+            "decode_bare_cores": decode_ms * steady / 1e3, "floor_cores": floor,
+            "best_vs_scoring_alone": (cpus - floor) / cpus}
+
+
 def render(s: dict) -> str:
     n = str(s["cpus"])
     lines = [f"batch features on {s['images']} images ({s['photos']} photos x {s['repeat']}), model: "
@@ -290,7 +312,7 @@ def render(s: dict) -> str:
              f"  scoring alone ({n} cores): {s['scoring_alone_images_per_s'][n]:.1f} img/s",
              f"  single-process loop:   {s['loop_images_per_s']:.1f} img/s",
              f"  job, {n} CPUs:           {s['job'][n]['images_per_s']:.1f} img/s, steady "
-             f"{s['job'][n]['steady_images_per_s'] or 0:.1f} img/s after the first batch at "
+             f"{s['job'][n]['steady_images_per_s'] or 0:.1f} img/s in the middle (25-75% of rows); first batch at "
              f"{s['job'][n]['first_batch_s'] or 0:.1f} s (wall {s['job'][n]['wall_s']:.1f} s incl. Ray start)"]
     roles = s["job"][n].get("cpu_by_role")
     if roles:
@@ -300,6 +322,14 @@ def render(s: dict) -> str:
                      f"(scaling 1 -> {n}: {s['job_scaling_1_to_n']:.2f}x)")
     lines.append(f"  job / loop: {s['job_vs_loop']:.2f}; job / scoring alone: {s['job_vs_scoring_alone']:.2f}, "
                  f"steady {s['job_steady_vs_scoring_alone']:.2f} (target >= 0.90)")
+    c = s.get("job_ceiling")
+    if c:
+        lines.append(f"  ceiling: scoring alone on the {int(s['cpus'])} - {c['non_scoring_cores']:.2f} cores the job's other "
+                     f"processes leave = {c['images_per_s']:.1f} img/s; the job's middle reaches "
+                     f"{c['steady_vs_ceiling']:.2f} of it")
+        lines.append(f"  bare decoding ({c['decode_bare_cores']:.2f} cores) + Ray's processes + the driver's Ray Data "
+                     f"loop = {c['floor_cores']:.2f} cores: the job cannot pass {c['best_vs_scoring_alone']:.2f} of "
+                     f"scoring alone on this machine, start-up not counted")
     e = s["estimate_10m"]
     lines.append(f"  10M photos: {e['gpus_for_target']} GPUs at an assumed {e['assumed_gpu_images_per_s']:.0f} img/s "
                  f"each -> {e['hours_with_those_gpus']:.1f} h, {e['decode_cpus_per_gpu']:.1f} decode CPUs per GPU; "

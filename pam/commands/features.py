@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="exported pam_features.onnx (default: the newest artifacts/models/*/)")
     parser.add_argument("--backend", help="instead of --model: onnx:PATH, triton+http://HOST:PORT or "
                                           "triton+grpc://HOST:PORT")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per scoring call (default 32)")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="images per scoring call, a Ray Data task of the scoring actors (default 128)")
     parser.add_argument("--rows-per-file", type=int, default=None,
                         help="rows per Parquet part (default 16384, about 13 MB)")
     parser.add_argument("--flush-s", type=float, default=None,

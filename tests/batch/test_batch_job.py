@@ -13,7 +13,7 @@ from export.preprocess import DECODE_ERROR_REASONS, decode
 from pam.commands import features as features_command
 from serving import feature_table as ft
 from serving.backends import OnnxRuntimeBackend
-from serving.batch_job import JobConfig, plan_resources, run_job
+from serving.batch_job import JobConfig, _ScorerRegistry, plan_resources, run_job, steady_rate
 from serving.feature_store import FeatureStore
 from tests.batch.conftest import make_photo_folder, write_photo
 
@@ -200,3 +200,36 @@ def test_a_stalled_pipeline_is_shut_down_and_the_job_resumes(local_ray, slow_onn
     assert resumed["complete"] and resumed["already_written"] == len(ids) - stalled["remaining"]
     written = ft.read_version(str(out), "tiny-test-0").column("image_id").to_pylist()
     assert sorted(written) == sorted(ids)
+
+
+def test_steady_rate_is_the_middle_of_the_run():
+    # the first three batches reach the driver together (prefetch), the last ones fast (photos
+    # decoded ahead): the middle's 10 rows/s is the rate, not what the ends make of it
+    arrivals = [(5.0, 10), (5.1, 20), (5.2, 30)] + [(5.2 + i, 30 + 10 * i) for i in range(1, 8)] + \
+               [(12.3, 110), (12.4, 120)]
+    assert steady_rate(arrivals) == pytest.approx(10.0)
+    assert steady_rate(arrivals[:2]) is None  # too few batches to tell
+
+
+def test_scorer_registry_kills_the_actors_of_its_pipeline_only(local_ray):
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=0)
+    class Filed:
+        def __init__(self, registry):
+            registry.add_current_actor()
+
+        def ping(self):
+            return "pong"
+
+    ours, other = _ScorerRegistry(), _ScorerRegistry()
+    actors = [Filed.remote(ours), Filed.remote(ours)]
+    bystander = Filed.remote(other)
+    assert ray.get([a.ping.remote() for a in [*actors, bystander]]) == ["pong"] * 3
+    assert ours.kill_all() == 2
+    for actor in actors:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(actor.ping.remote(), timeout=30)
+    assert ray.get(bystander.ping.remote(), timeout=30) == "pong"
+    assert ours.kill_all() == 0  # the keys go with the actors
+    assert other.kill_all() == 1
