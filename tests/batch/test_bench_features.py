@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pam.bench.features import _CpuSampler
+from pam.bench.features import DRIVER, _ceiling, _CpuSampler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,3 +45,15 @@ def test_cpu_sampler_gives_each_role_its_cores():
     cores = sampler.steady_cores()
     # two spinning processes on a 2-core machine: each near one core in the window sampled
     assert cores is not None and cores.get("decode tasks", 0) > 0.4 and cores.get("scoring actor", 0) > 0.4, cores
+
+
+def test_ceiling_is_scoring_alone_on_the_cores_the_other_processes_leave():
+    roles = {"scoring actor": 1.75, "decode tasks": 0.13, "Ray system": 0.06, DRIVER: 0.04, "other programs": 0.01}
+    c = _ceiling(roles, steady=39.7, score_n=44.2, cpus=2, decode_ms=2.5)
+    assert c["non_scoring_cores"] == pytest.approx(0.23)  # "other programs" run beside scoring alone too
+    assert c["images_per_s"] == pytest.approx(44.2 * 1.77 / 2)
+    assert c["steady_vs_ceiling"] == pytest.approx(39.7 / (44.2 * 1.77 / 2))
+    # bare decoding at the job's rate + Ray + driver: what no change of ours gives back
+    assert c["floor_cores"] == pytest.approx(2.5 * 39.7 / 1e3 + 0.06 + 0.04)
+    assert c["best_vs_scoring_alone"] == pytest.approx((2 - c["floor_cores"]) / 2)
+    assert _ceiling({}, 39.7, 44.2, 2, 2.5) is None and _ceiling(roles, None, 44.2, 2, 2.5) is None
