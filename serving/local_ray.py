@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
+
+from serving.ports import free_port
 
 STARTUP_TIMEOUT_MESSAGE = "timed out during startup"
 RAY_LOGS = ("raylet.out", "gcs_server.out", "dashboard_agent.log", "runtime_env_agent.log")
@@ -30,7 +31,7 @@ def init_local_ray(attempts: int = 2, metrics_port: int | None = None, **kwargs)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for attempt in range(1, attempts + 1):
-        port = metrics_port or free_port()
+        port = metrics_port or free_port("")
         before = _descendants(os.getpid())
         try:
             ray.init(address="local", _metrics_export_port=port, **kwargs)
@@ -43,13 +44,6 @@ def init_local_ray(attempts: int = 2, metrics_port: int | None = None, **kwargs)
             _stop(_descendants(os.getpid()) - before)
             ray.shutdown()
     raise AssertionError("unreachable")
-
-
-def free_port(host: str = "") -> int:
-    """A port free on `host` now (every interface by default); nothing holds it afterwards."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 def _log_lines(per_log: int = 3) -> str:

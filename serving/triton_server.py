@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,18 +21,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from serving.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCRIPT = ROOT / "scripts" / "triton-server.sh"
 
 
 class TritonServerError(RuntimeError):
     """The server did not start (the message carries the tail of its log)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class TritonServer:

@@ -22,13 +22,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from serving.ports import free_port_block
 
 HELP = "re-rank through Ray Serve vs library call vs echo (wrk); many users; rating round trip"
 VERSION = "bench-synthetic-0"
@@ -263,26 +264,6 @@ end
     return path
 
 
-def _free_port_block(size: int, start: int = 42000, stop: int = 60000) -> int:
-    import random
-
-    for _ in range(200):
-        base = random.randrange(start, stop - size)
-        try:
-            sockets = []
-            for p in range(base, base + size):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no block of free ports for direct ingress")
-
-
 def _scrape(port: int) -> dict[str, float]:
     import urllib.request
 
@@ -313,7 +294,7 @@ def serve_session(params: dict) -> dict:
                                   _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False)
     out: dict = {"mode": mode}
     try:
-        port = _free_port_block(1)
+        port = free_port_block(1, start=42000)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
 
         from serving.app import MAX_ONGOING_REQUESTS
@@ -477,7 +458,7 @@ def _run_session(params: dict) -> dict:
     if params["mode"] == "direct":
         from serving.app import direct_ingress_env
 
-        env.update(direct_ingress_env(_free_port_block(24), 12))
+        env.update(direct_ingress_env(free_port_block(24, start=42000), 12))
     spec = Path(params["work"]) / f"session-{params['mode']}.json"
     spec.write_text(json.dumps(params))
     proc = subprocess.run([sys.executable, "-m", "pam.bench.serve", "--session", str(spec)], env=env,

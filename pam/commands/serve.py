@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -47,27 +46,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="experimental: Serve's throughput-optimized mode; each replica also serves HTTP on "
                         "its own port (printed), skipping the proxy hop (3.6-5.2x the re-rank req/s here). Replicas "
                         "added later by autoscaling are reachable through the proxy port only")
-
-
-def _free_port_block(host: str, size: int) -> int:
-    """The first port of `size` consecutive ports that are free now (direct-ingress replicas)."""
-    import random
-
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - size)
-        sockets = []
-        try:
-            for port in range(base, base + size):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind((host, port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError(f"no {size} consecutive free ports on {host}")
 
 
 def service_args(args: argparse.Namespace) -> dict:
@@ -105,13 +83,14 @@ def run(args: argparse.Namespace) -> dict:
     from ray import serve
 
     from serving.app import build_app, direct_ingress_env, find_replica_ports
-    from serving.local_ray import free_port, init_local_ray
+    from serving.local_ray import init_local_ray
+    from serving.ports import free_port, free_port_block
 
     started = time.time()
     replica_urls: list[str] = []
     if args.direct_ingress:
         span = 12
-        direct_base = _free_port_block(args.host, 2 * span)
+        direct_base = free_port_block(2 * span, args.host)
         os.environ.update(direct_ingress_env(direct_base, span))
     metrics_port = init_local_ray(metrics_port=args.metrics_port, num_cpus=args.num_cpus, include_dashboard=False,
                                   configure_logging=False, log_to_driver=False)

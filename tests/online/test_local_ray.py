@@ -35,7 +35,7 @@ def test_a_start_that_times_out_is_retried_on_a_fresh_port(monkeypatch, capsys):
     taken_port = taken.getsockname()[1]
     ports = iter([taken_port])
     real_free_port = local_ray.free_port
-    monkeypatch.setattr(local_ray, "free_port", lambda: next(ports, None) or real_free_port())
+    monkeypatch.setattr(local_ray, "free_port", lambda host: next(ports, None) or real_free_port(host))
     try:
         port = local_ray.init_local_ray(num_cpus=1, include_dashboard=False, log_to_driver=False)
         said = capsys.readouterr().err
