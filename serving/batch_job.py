@@ -444,8 +444,9 @@ def _ensure_ray(config: JobConfig) -> bool:
         # "local": a new Ray, never whatever cluster /tmp/ray/ray_current_cluster last named
         cpus = config.num_cpus or os.cpu_count()
         # the pipeline runs ~4 actors beside its tasks (the scoring actors, Ray Data's location
-        # tracker, autoscaling coordinator and stats actor); at the default soft limit (one worker per CPU) Ray kills the workers it
-        # prestarted as soon as those start, and the first decode tasks wait for new ones
+        # tracker, autoscaling coordinator and stats actor); at the default soft limit (one worker
+        # per CPU) Ray kills the workers it prestarted as soon as those start, and the first
+        # decode tasks wait for new ones
         init_local_ray(num_cpus=cpus, object_store_memory=config.object_store_memory,
                        _system_config={"num_workers_soft_limit": cpus + 8}, **kwargs)
     return True
@@ -678,9 +679,10 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, out_root:
 def steady_rate(arrivals: list[tuple[float, int]], low: float = 0.25, high: float = 0.75) -> float | None:
     """Rows per second between the batches that cross `low` and `high` of the rows.
 
-    The middle of the run, not "after the first batch": `iter_batches` prefetches, so the first
-    batches reach the driver together once the first one is out, and the end runs on photos
-    decoded ahead while the scorer waited; both would flatter the rate. None on too few batches.
+    The middle of the run, not "after the first batch": batches can reach the driver together
+    (a prefetching iterator, a scorer with several sessions finishing at once), and the end runs
+    on photos decoded ahead while the scorer waited; both would flatter the rate. None on too few
+    batches.
     """
     if len(arrivals) < 3:
         return None

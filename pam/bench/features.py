@@ -287,18 +287,18 @@ def _ceiling(roles: dict, steady: float | None, score_n: float, cpus: int, decod
 
     Scoring runs at scoring alone's per-core rate on whatever the job's other processes leave, so
         ceiling = scoring alone x (cores - their cores) / cores.
-    `floor_share` is the part of the machine the job cannot give back whatever this project does:
-    decoding at its bare single-core cost, Ray's processes (raylet, GCS, agents, Ray Data's
-    bookkeeping actors, idle workers) and the driver (Ray Data's scheduling loop, nearly all of it).
+    `floor_cores` is what the job cannot give back whatever this project does: decoding at its
+    bare single-core cost, Ray's processes (raylet, GCS, agents, Ray Data's bookkeeping actors,
+    idle workers) and the driver (Ray Data's scheduling loop, nearly all of it).
     """
     if not roles or not steady:
         return None
     others = sum(v for k, v in roles.items() if k not in ("scoring actor", "other programs"))
-    floor = decode_ms * steady / 1e3 + roles.get("Ray system", 0.0) + roles.get(DRIVER, 0.0)
-    return {"non_scoring_cores": others, "images_per_s": score_n * (cpus - others) / cpus,
-            "steady_vs_ceiling": steady / (score_n * (cpus - others) / cpus),
-            "decode_bare_cores": decode_ms * steady / 1e3, "floor_cores": floor,
-            "best_vs_scoring_alone": (cpus - floor) / cpus}
+    ceiling = score_n * (cpus - others) / cpus
+    decode_bare = decode_ms * steady / 1e3
+    floor = decode_bare + roles.get("Ray system", 0.0) + roles.get(DRIVER, 0.0)
+    return {"non_scoring_cores": others, "images_per_s": ceiling, "steady_vs_ceiling": steady / ceiling,
+            "decode_bare_cores": decode_bare, "floor_cores": floor, "best_vs_scoring_alone": (cpus - floor) / cpus}
 
 
 def render(s: dict) -> str:

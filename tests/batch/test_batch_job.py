@@ -203,8 +203,8 @@ def test_a_stalled_pipeline_is_shut_down_and_the_job_resumes(local_ray, slow_onn
 
 
 def test_steady_rate_is_the_middle_of_the_run():
-    # the first three batches reach the driver together (prefetch), the last ones fast (photos
-    # decoded ahead): the middle's 10 rows/s is the rate, not what the ends make of it
+    # the first three batches reach the driver together, the last ones fast (photos decoded
+    # ahead): the middle's 10 rows/s is the rate, not what the ends make of it
     arrivals = [(5.0, 10), (5.1, 20), (5.2, 30)] + [(5.2 + i, 30 + 10 * i) for i in range(1, 8)] + \
                [(12.3, 110), (12.4, 120)]
     assert steady_rate(arrivals) == pytest.approx(10.0)
