@@ -18,12 +18,13 @@ import os
 import time
 from pathlib import Path
 
+from pam.bench.photos import bench_photos
+
 HELP = "decode + warp throughput on real JPEGs: plain Pillow vs ours (draft mode, thread pool)"
-DEFAULT_PHOTOS = Path(__file__).resolve().parents[2].parent / "shared" / "photos" / "imagenet-sample"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of photos (default: %(default)s)")
+    parser.add_argument("--photos", type=Path, help="folder of photos (default: ../shared/photos, else the wheels' sample photos)")
     parser.add_argument("--limit", type=int, default=300, help="photos to use (default: %(default)s; 0 = all)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="pool size (default: cores)")
     parser.add_argument("--repeat", type=int, default=5, help="timed passes per variant; the best counts")
@@ -41,10 +42,10 @@ def run(args: argparse.Namespace) -> dict:
     from export.pixel_attributes import pixel_attributes
     from export.preprocess import RESAMPLE, WARP_SIZE, DecodeError, decode
 
-    paths = sorted(p for p in Path(args.photos).iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}) \
-        if Path(args.photos).is_dir() else []
+    folder = bench_photos(args.photos, "decode")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
     if not paths:
-        raise SystemExit(f"pam bench decode: no photos in {args.photos}")
+        raise SystemExit(f"pam bench decode: no photos in {folder}")
     if args.limit:
         paths = paths[:: max(1, len(paths) // args.limit)][: args.limit]  # spread over the folder
     blobs = [p.read_bytes() for p in paths]

@@ -22,14 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from pam.bench.photos import bench_photos
+
 HELP = "the Ray Data batch job vs a single-process loop vs scoring alone; 1 -> N CPU scaling"
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PHOTOS = ROOT.parent / "shared" / "photos" / "imagenet-sample"
 DRIVER = "driver (listing, writing parts, Ray Data's scheduler)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of photos (default: %(default)s)")
+    parser.add_argument("--photos", type=Path, help="folder of photos (default: ../shared/photos, else the wheels' sample photos)")
     parser.add_argument("--limit", type=int, default=0, help="photos per listing (default: all)")
     parser.add_argument("--repeat", type=int, default=3, help="list the photos this many times under different ids")
     parser.add_argument("--model", help="exported pam_features.onnx (default: newest artifacts/models/*/, "
@@ -210,10 +211,10 @@ def run(args: argparse.Namespace) -> dict:
 
     from export.preprocess import decode
 
-    photos = sorted(p for p in Path(args.photos).glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"}) \
-        if Path(args.photos).is_dir() else []
+    folder = bench_photos(args.photos, "features")
+    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     if not photos:
-        raise SystemExit(f"pam bench features: no photos in {args.photos}")
+        raise SystemExit(f"pam bench features: no photos in {folder}")
     if args.limit:
         photos = photos[:args.limit]
     with tempfile.TemporaryDirectory(prefix="pam-bench-features-") as tmp:
