@@ -4,7 +4,7 @@
 #   scripts/triton-server.sh start --model-repository DIR --http-port P --grpc-port Q
 #                                  [--metrics-port M] [--address 127.0.0.1] [-- TRITON ARGS...]
 #                                        run tritonserver in the foreground (exec: the caller
-#                                        owns the process; serving/triton_server.py wraps it)
+#                                        owns the process; pam/bench/triton_server.py wraps it)
 #   scripts/triton-server.sh binary      print the tritonserver path (after setup)
 # The tritonserver binary comes from the nvidia-pytriton wheel (2.51, Python backend only). Its
 # Python backend stub runs the first `python3` on PATH and links the system libpython, and it

@@ -1,4 +1,4 @@
-"""serving.ports: the free-port helpers every server start (Triton, Ray, Serve) shares."""
+"""serving.cluster.ports: the free-port helpers every server start (Triton, Ray, Serve) shares."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from serving.ports import free_port, free_port_block
+from serving.cluster.ports import free_port, free_port_block
 
 
 def test_a_block_is_consecutive_free_ports_in_its_range():

@@ -4,7 +4,7 @@ Over the same photos (../shared/photos listed --repeat times under different ids
     scoring alone   the backend on images already decoded in memory (the ceiling: the job
                     cannot beat it, since decoding and Ray share the same cores)
     loop            one process: read, decode, score in batches, build the table
-    job, N CPUs     `pam features` (serving.batch_job.run_job) on a local Ray of N CPUs, pinned
+    job, N CPUs     `pam features` (serving.batch.job.run_job) on a local Ray of N CPUs, pinned
                     to N cores with sched_setaffinity (Ray's processes inherit it), for the
                     scaling from 1 core to all
 Reported: images/s of each, job / loop, job / scoring alone (target >= 0.9), job(N) / job(1),
@@ -78,7 +78,7 @@ def _pinned(cpus: int):
 
 
 def _scoring_alone(model: str, images, threads: int, batch: int) -> float:
-    from serving.backends import OnnxRuntimeBackend
+    from serving.scoring.backends import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(model, intra_op_threads=threads, parallel_sessions=threads, max_batch_size=batch)
     backend.score(images[:batch])  # warm-up
@@ -95,7 +95,7 @@ def _loop(model: str, paths: list[str], ids: list[str], threads: int, batch: int
 
     from export.preprocess import DecodeError, decode
     from serving import feature_table as ft
-    from serving.backends import OnnxRuntimeBackend
+    from serving.scoring.backends import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(model, intra_op_threads=threads, max_batch_size=batch)
     start = time.perf_counter()
@@ -121,7 +121,7 @@ def _loop(model: str, paths: list[str], ids: list[str], threads: int, batch: int
 
 
 def _job(model: str, manifest: Path, out: Path, cpus: int, batch: int) -> dict:
-    from serving.batch_job import JobConfig, run_job
+    from serving.batch.job import JobConfig, run_job
 
     with _pinned(cpus), _CpuSampler() as sampler:
         start = time.perf_counter()

@@ -124,12 +124,12 @@ class _Fused:
 
 
 class _Backend:
-    """The product's ONNX Runtime backend (serving.backends.OnnxRuntimeBackend, as the batch job
+    """The product's ONNX Runtime backend (serving.scoring.backends.OnnxRuntimeBackend, as the batch job
     opens it): one single-thread session per core; each call of `batch` photos is run one photo
     per session.run, the sessions taking the next photo as they finish."""
 
     def __init__(self, path: Path, images, batch: int, threads: int):
-        from serving.backends import OnnxRuntimeBackend
+        from serving.scoring.backends import OnnxRuntimeBackend
 
         self.backend = OnnxRuntimeBackend(path, parallel_sessions=threads, max_batch_size=batch)
         self.session = self.backend._sessions[0]
@@ -268,7 +268,7 @@ def sgemm_reference(size: int = 1536, repeat: int = 3) -> float:
 def _arrangement(name: str, args) -> str:
     if name.endswith("per_core_per_photo"):
         return (f"{args.threads} sessions side by side x 1 thread, calls of {args.batch} photos run one photo "
-                "per session run (serving.backends)")
+                "per session run (serving.scoring.backends)")
     if name.endswith("per_core"):
         return f"{args.threads} sessions side by side x 1 thread, batch {args.batch} each"
     return f"one call at a time x {args.threads} threads, batch {args.batch}"

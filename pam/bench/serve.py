@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from serving.ports import free_port_block
+from serving.cluster.ports import free_port_block
 
 HELP = "re-rank through Ray Serve vs library call vs echo (wrk); many users; rating round trip"
 VERSION = "bench-synthetic-0"
@@ -78,7 +78,7 @@ def seed_users(store_url: str, ids: list[str], n_users: int, seed: int = 1) -> N
     """The benchmark users: `bench` (album 500, 50 ratings), `rt` (album 500), u0..u{n-1}."""
     import numpy as np
 
-    from serving.user_store import open_user_store
+    from serving.online.user_store import open_user_store
 
     rng = np.random.default_rng(seed)
     with open_user_store(store_url) as store:
@@ -114,8 +114,13 @@ def _percentiles(samples_s: list[float]) -> dict:
 def library_figures(config: dict, candidates: list[str], n_users: int, cache: int, quick: bool) -> dict:
     import numpy as np
 
-    from serving.api_models import decode_rerank, parse_json, parse_rerank
-    from serving.service import LocalModelCache, PersonalizationService, encode_json, model_key
+    from serving.online.api_models import decode_rerank, parse_json, parse_rerank
+    from serving.online.service import (
+        LocalModelCache,
+        PersonalizationService,
+        encode_json,
+        model_key,
+    )
 
     svc = PersonalizationService(config)
     models = LocalModelCache(svc, cache)
@@ -286,8 +291,8 @@ def serve_session(params: dict) -> dict:
     from ray import serve
     from starlette.responses import Response
 
-    from serving.app import build_app
-    from serving.local_ray import init_local_ray
+    from serving.cluster.local_ray import init_local_ray
+    from serving.online.app import build_app
 
     mode, work = params["mode"], Path(params["work"])
     metrics_port = init_local_ray(num_cpus=2, include_dashboard=False,
@@ -297,7 +302,7 @@ def serve_session(params: dict) -> dict:
         port = free_port_block(1, start=42000)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
 
-        from serving.app import MAX_ONGOING_REQUESTS
+        from serving.online.app import MAX_ONGOING_REQUESTS
 
         class Echo:
             async def __call__(self, request):
@@ -361,7 +366,7 @@ def _endpoints(mode: str, port: int, params: dict) -> dict:
     proxy = f"http://127.0.0.1:{port}"
     if mode == "proxy":
         return {"echo": proxy, "pam": proxy, "naive": proxy}
-    from serving.app import find_replica_ports
+    from serving.online.app import find_replica_ports
 
     low = int(os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
     high = int(os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
@@ -385,8 +390,8 @@ def _naive_app(config: dict):
     from fastapi import FastAPI
     from ray import serve
 
-    from serving.api_models import RerankRequest, RerankResponse
-    from serving.service import PersonalizationService, model_key
+    from serving.online.api_models import RerankRequest, RerankResponse
+    from serving.online.service import PersonalizationService, model_key
 
     app = FastAPI()
 
@@ -394,13 +399,13 @@ def _naive_app(config: dict):
     @serve.ingress(app)
     class Naive:
         def __init__(self, config: dict):
-            from serving.service import LocalModelCache
+            from serving.online.service import LocalModelCache
 
             self.svc = PersonalizationService(config)
             self.models = LocalModelCache(self.svc, 16)
 
         def rerank(self, user_id, body):
-            from serving.api_models import RerankQuery
+            from serving.online.api_models import RerankQuery
 
             catalog = self.svc.catalog
             model = self.svc.ensure_fresh(self.models.get(model_key("default", user_id)),
@@ -456,7 +461,7 @@ def _round_trip_http(base: str, params: dict) -> dict:
 def _run_session(params: dict) -> dict:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     if params["mode"] == "direct":
-        from serving.app import direct_ingress_env
+        from serving.online.app import direct_ingress_env
 
         env.update(direct_ingress_env(free_port_block(24, start=42000), 12))
     spec = Path(params["work"]) / f"session-{params['mode']}.json"

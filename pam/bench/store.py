@@ -1,7 +1,7 @@
 """`pam bench store`: feature-store lookups of 1,000 ids in a generated table of 1M rows.
 
 Side by side, in one process, over the same complete version on disk:
-    store    serving.feature_store.FeatureStore: memory-mapped sorted index, np.searchsorted
+    store    serving.feature_table.store.FeatureStore: memory-mapped sorted index, np.searchsorted
     pandas   the obvious approach: pd.read_parquet, set_index("image_id"), .reindex(ids)
     dict     a Python dict {image_id: row} over numpy matrices read from the Parquet
 Each runs in a fresh process: open time, lookup time (median of --repeats lookups of --lookups
@@ -110,7 +110,7 @@ def _timed_lookups(lookup, queries, repeats: int) -> float:
 
 
 def _bench_store(root: str, queries, repeats: int):
-    from serving.feature_store import FeatureStore
+    from serving.feature_table.store import FeatureStore
 
     gc.collect()
     before = _memory()

@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from export.triton_repo import write_triton_repository
-    from serving.backends import OnnxRuntimeBackend, TritonBackend
-    from serving.triton_server import TritonServer
+    from pam.bench.triton_server import TritonServer
+    from serving.scoring.backends import OnnxRuntimeBackend, TritonBackend
 
     protocols = [p for p in args.protocols.split(",") if p]
     largest = max(args.batch)

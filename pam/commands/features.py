@@ -1,4 +1,4 @@
-"""`pam features`: photos -> Parquet feature table, on Ray Data (see serving/batch_job.py)."""
+"""`pam features`: photos -> Parquet feature table, on Ray Data (see serving/batch/job.py)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     backend = args.backend or args.model or default_model()
     if not backend:
         raise SystemExit("pam features: no model; pass --model PATH (from `pam export`) or --backend SPEC")
-    from serving.batch_job import DEFAULT_FLUSH_S, DEFAULT_ROWS_PER_FILE, JobConfig, run_job
+    from serving.batch.job import DEFAULT_FLUSH_S, DEFAULT_ROWS_PER_FILE, JobConfig, run_job
 
     config = JobConfig(
         inputs=args.inputs, out=args.out, backend=backend, batch_size=args.batch_size,

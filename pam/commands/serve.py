@@ -82,9 +82,9 @@ def run(args: argparse.Namespace) -> dict:
     import ray
     from ray import serve
 
-    from serving.app import build_app, direct_ingress_env, find_replica_ports
-    from serving.local_ray import init_local_ray
-    from serving.ports import free_port, free_port_block
+    from serving.cluster.local_ray import init_local_ray
+    from serving.cluster.ports import free_port, free_port_block
+    from serving.online.app import build_app, direct_ingress_env, find_replica_ports
 
     started = time.time()
     replica_urls: list[str] = []

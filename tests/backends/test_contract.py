@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from serving.backends import (
+from serving.scoring.backends import (
     BackendUnavailable,
     FeatureBackend,
     OnnxRuntimeBackend,
@@ -157,7 +157,7 @@ def test_onnx_backend_refuses_a_graph_without_version(tmp_path):
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_triton_unreachable_is_a_clear_error(protocol):
-    from serving.ports import free_port
+    from serving.cluster.ports import free_port
 
     with pytest.raises(BackendUnavailable, match="unreachable"):
         TritonBackend(f"127.0.0.1:{free_port()}", protocol=protocol, timeout_s=5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.backends import BackendError, BackendUnavailable, TritonBackend, open_backend
+from serving.scoring.backends import BackendError, BackendUnavailable, TritonBackend, open_backend
 from tests.triton.fixtures import UNEXPORTED_MODEL
 
 pytestmark = pytest.mark.triton

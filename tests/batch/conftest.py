@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.local_ray import init_local_ray
+from serving.cluster.local_ray import init_local_ray
 from tests.conftest import free_port
 
 BAD_PHOTOS = {  # relative path -> bytes; each must become a failed row naming its reason

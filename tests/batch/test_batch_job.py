@@ -12,9 +12,9 @@ import pytest
 from export.preprocess import DECODE_ERROR_REASONS, decode
 from pam.commands import features as features_command
 from serving import feature_table as ft
-from serving.backends import OnnxRuntimeBackend
-from serving.batch_job import JobConfig, _ScorerRegistry, plan_resources, run_job, steady_rate
-from serving.feature_store import FeatureStore
+from serving.batch.job import JobConfig, _ScorerRegistry, plan_resources, run_job, steady_rate
+from serving.feature_table.store import FeatureStore
+from serving.scoring.backends import OnnxRuntimeBackend
 from tests.batch.conftest import make_photo_folder, write_photo
 
 pytestmark = pytest.mark.ray

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from serving import feature_table as ft
-from serving.feature_store import FeatureStore
+from serving.feature_table.store import FeatureStore
 from tests.batch.test_feature_table import make_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +96,7 @@ def test_online_rows_are_persisted_and_visible_to_other_processes(tmp_path, rng)
 
     script = textwrap.dedent(f"""
         import numpy as np
-        from serving.feature_store import FeatureStore
+        from serving.feature_table.store import FeatureStore
         store = FeatureStore.open({str(tmp_path)!r})
         f = {{"aes_score": np.ones(1), "aes_feat": np.ones((1, 176)), "attributes": np.zeros((1, 10)),
              "content": np.full((1, 10), 0.1)}}

@@ -160,7 +160,7 @@ def test_parquet_file_is_plain_parquet(tmp_path, rng):
 
 def test_finalize_drops_duplicate_rows_and_merges_small_parts(tmp_path, rng):
     """What a re-delivered block or an interrupted merge leaves: the same ids in two parts."""
-    from serving.batch_job import finalize
+    from serving.batch.job import finalize
 
     fs, root = ft.resolve(str(tmp_path))
     ids, features, errors = make_rows(40, rng, failed={3})

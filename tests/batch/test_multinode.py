@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serving import feature_table as ft
-from serving.batch_job import JobConfig, run_job
+from serving.batch.job import JobConfig, run_job
 from tests.batch.conftest import make_photo_folder
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serving.sources import glob_regex, list_sources
+from serving.batch.sources import glob_regex, list_sources
 
 
 @pytest.fixture

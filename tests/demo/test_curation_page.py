@@ -1,4 +1,4 @@
-"""The curation page end to end: `pam serve` (Ray Serve on a local Ray) serves serving/web/ at /ui/,
+"""The curation page end to end: `pam serve` (Ray Serve on a local Ray) serves serving/online/web/ at /ui/,
 headless Debian Chromium opens it, rates photos by keyboard and by click, and after each rating
 the album's order on the page must be the service's re-rank reply and PAM's own prediction.
 The screenshot is kept (its path is printed): runs/artifacts/curation-page.png."""

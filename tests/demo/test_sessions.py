@@ -25,7 +25,7 @@ def service(tmp_path_factory):
     import uvicorn
 
     from serving import feature_table as ft
-    from serving.app import LocalRuntime, create_app
+    from serving.online.app import LocalRuntime, create_app
 
     tmp = tmp_path_factory.mktemp("sessions")
     rng = np.random.default_rng(5)

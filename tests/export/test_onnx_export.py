@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from export import onnx_export as ox  # noqa: E402
 from export.networks import create_model  # noqa: E402
-from serving.backends import OnnxRuntimeBackend  # noqa: E402
+from serving.scoring.backends import OnnxRuntimeBackend  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -14,7 +14,7 @@ from export import onnx_export as ox  # noqa: E402
 from export.preprocess import decode_file  # noqa: E402
 from export.quantize import quantize_int8  # noqa: E402
 from export.train import load_trained  # noqa: E402
-from serving.backends import OnnxRuntimeBackend  # noqa: E402
+from serving.scoring.backends import OnnxRuntimeBackend  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -60,7 +60,7 @@ def build_feature_root(tmp: Path, model_path: Path, seed: int = 7) -> dict:
 
     from export.preprocess import decode_file
     from serving import feature_table as ft
-    from serving.backends import OnnxRuntimeBackend
+    from serving.scoring.backends import OnnxRuntimeBackend
 
     rng = np.random.default_rng(seed)
     photos = tmp / "photos"
@@ -94,7 +94,7 @@ def second_version(feature_env, tmp_path_factory):
     from export.preprocess import decode_file
     from pam.bench.tiny_graph import build_tiny_feature_model
     from serving import feature_table as ft
-    from serving.backends import OnnxRuntimeBackend
+    from serving.scoring.backends import OnnxRuntimeBackend
 
     path = build_tiny_feature_model(tmp_path_factory.mktemp("v1") / "pam_features.onnx", "tiny-test-1", seed=1)
     backend = OnnxRuntimeBackend(path)

@@ -16,8 +16,8 @@ from PIL import Image
 
 from personalize.features import pam_input
 from personalize.pam import PAM
-from serving.app import LocalRuntime, create_app
-from serving.feature_store import FeatureStore
+from serving.feature_table.store import FeatureStore
+from serving.online.app import LocalRuntime, create_app
 from tests.online.conftest import ThreadedServer
 
 
@@ -375,10 +375,10 @@ def test_api_keys_separate_tenants(feature_env, tmp_path):
 
 
 def test_curation_page_is_served_under_ui(api):
-    from serving.app import WEB_DIR
+    from serving.online.app import WEB_DIR
 
     if not (WEB_DIR / "index.html").is_file():
-        pytest.skip("serving/web/ has no index.html in this checkout")
+        pytest.skip("serving/online/web/ has no index.html in this checkout")
     call, _, _ = api
     page = call("GET", "/ui/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

@@ -66,8 +66,8 @@ def test_w_aes_flag_reaches_the_service_config(tmp_path):
     """pam serve --w-aes sets Active-PAM's balance of v (DESIGN: rescale for another trunk)."""
     from pam.cli import build_parser
     from pam.commands.serve import service_args
-    from serving.app import SERVE_ONLY_KEYS
-    from serving.service import ServiceConfig
+    from serving.online.app import SERVE_ONLY_KEYS
+    from serving.online.service import ServiceConfig
 
     def replica_config(args):  # what a replica receives: the Serve-only options are split off
         return ServiceConfig.from_dict({k: v for k, v in service_args(args).items() if k not in SERVE_ONLY_KEYS})

@@ -12,8 +12,8 @@ import pytest
 import requests
 import yaml
 
-from serving.app import SERVE_ONLY_KEYS, build_app, expand_env
-from serving.service import ServiceConfig
+from serving.online.app import SERVE_ONLY_KEYS, build_app, expand_env
+from serving.online.service import ServiceConfig
 from tests.conftest import ROOT, free_port
 
 DEPLOY = ROOT / "deploy"
@@ -29,7 +29,7 @@ def test_serve_config_validates_and_builds(feature_env, monkeypatch, tmp_path):
     config = yaml.safe_load((DEPLOY / "serve.yaml").read_text())
     _serve_schema().model_validate(config)
     (app,) = config["applications"]
-    assert app["import_path"] == "serving.app:build_app"
+    assert app["import_path"] == "serving.online.app:build_app"
     monkeypatch.setenv("PAM_FEATURES", feature_env["feature_root"])
     monkeypatch.setenv("PAM_MODEL", feature_env["model"])
     monkeypatch.setenv("PAM_USERS", f"sqlite:///{tmp_path / 'u.db'}")

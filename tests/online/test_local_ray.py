@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from serving import local_ray
+from serving.cluster import local_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import requests
 
-from serving.local_ray import init_local_ray
-from serving.user_store import open_user_store
+from serving.cluster.local_ray import init_local_ray
+from serving.online.user_store import open_user_store
 from tests.conftest import free_port
 from tests.online.test_api import Client, expect_error, expected_scores
 
@@ -31,7 +31,7 @@ def serve_env(feature_env, tmp_path_factory):
     import ray
     from ray import serve
 
-    from serving.app import build_app
+    from serving.online.app import build_app
 
     metrics_port = init_local_ray(num_cpus=2, include_dashboard=False,
                                   _system_config={"metrics_report_interval_ms": 1000})
@@ -224,7 +224,7 @@ def test_version_switch_through_user_config(serve_env, second_version):
     """`serve deploy` with user_config {model}: each replica opens the new version, then swaps."""
     from ray import serve
 
-    from serving.app import build_app
+    from serving.online.app import build_app
 
     call, env = serve_env["call"], serve_env["env"]
     call("POST", "/v1/users/ver/album", json={"image_ids": env["ids"][:10]})
@@ -244,7 +244,7 @@ def test_version_switch_through_user_config(serve_env, second_version):
 def test_autoscaling_adds_and_removes_a_replica_without_failed_requests(serve_env, tmp_path):
     from ray import serve
 
-    from serving.app import build_app
+    from serving.online.app import build_app
 
     env = serve_env["env"]
     autoscaling = {"min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "target_ongoing_requests": 1,

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from serving.user_store import RequestIdConflict, UnknownUser, open_user_store
+from serving.online.user_store import RequestIdConflict, UnknownUser, open_user_store
 
 
 @pytest.fixture

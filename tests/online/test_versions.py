@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pam.bench.tiny_graph import build_tiny_feature_model
-from serving.app import LocalRuntime
-from serving.service import Catalog, PersonalizationService, UserModel, model_key
+from serving.online.app import LocalRuntime
+from serving.online.service import Catalog, PersonalizationService, UserModel, model_key
 
 
 def test_switch_is_atomic_and_user_models_follow(feature_env, second_version, tmp_path):
@@ -17,7 +17,7 @@ def test_switch_is_atomic_and_user_models_follow(feature_env, second_version, tm
     ids = feature_env["ids"]
     svc.add_album("default", "vic", ids[:20])
     svc.add_ratings("default", "vic", [{"image_id": i, "score": 1 + k % 5} for k, i in enumerate(ids[:10])], None)
-    from serving.api_models import parse_rerank
+    from serving.online.api_models import parse_rerank
 
     query = parse_rerank({"candidates": ids[20:30]})
     runtime_model = svc.load_user_model(model_key("default", "vic"))
@@ -55,7 +55,7 @@ def test_model_and_store_versions_never_mix(feature_env, second_version, tmp_pat
 def test_a_runtime_without_model_serves_current_and_refuses_uploads(feature_env, tmp_path):
     runtime = LocalRuntime({"feature_root": feature_env["feature_root"], "user_store": f"sqlite:///{tmp_path / 'u.db'}"})
     assert runtime.service.catalog.model_version == "tiny-test-0"  # CURRENT
-    from serving.api_models import ApiError
+    from serving.online.api_models import ApiError
 
     with pytest.raises(ApiError, match="no feature backend"):
         runtime.service.score_uploads([("a.jpg", b"xx", None)])

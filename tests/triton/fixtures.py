@@ -42,7 +42,7 @@ def triton_cpu_repository(tiny_onnx_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def triton_server(triton_cpu_repository, tmp_path_factory):
     """A real tritonserver on free 127.0.0.1 ports serving triton_cpu_repository."""
-    from serving.triton_server import TritonServer
+    from pam.bench.triton_server import TritonServer
 
     require_triton_env()
     log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"

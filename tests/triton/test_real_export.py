@@ -22,8 +22,8 @@ def real_export(tmp_path_factory):
 def test_real_export_through_triton_matches_onnxruntime(real_export, shared_photos, tmp_path):
     from export.preprocess import decode_file
     from export.triton_repo import write_triton_repository
-    from serving.backends import OnnxRuntimeBackend, TritonBackend
-    from serving.triton_server import TritonServer
+    from pam.bench.triton_server import TritonServer
+    from serving.scoring.backends import OnnxRuntimeBackend, TritonBackend
     from tests.triton.fixtures import require_triton_env
 
     require_triton_env()

@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 import export.triton_python_model as python_model
-import serving.backends as backends
+import serving.scoring.backends as backends
 from export.triton_repo import (
     MODEL_NAME,
     MODEL_VERSION_KEY,

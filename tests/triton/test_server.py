@@ -1,4 +1,4 @@
-"""A real tritonserver (scripts/triton-server.sh via serving/triton_server.py), queried with
+"""A real tritonserver (scripts/triton-server.sh via pam/bench/triton_server.py), queried with
 tritonclient over HTTP and gRPC; its rows are checked against the graph in ONNX Runtime."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from export.triton_repo import MODEL_NAME, write_triton_repository
-from serving.backends import BackendUnavailable, OnnxRuntimeBackend, TritonBackend
-from serving.triton_server import TritonServer, TritonServerError
+from pam.bench.triton_server import TritonServer, TritonServerError
+from serving.scoring.backends import BackendUnavailable, OnnxRuntimeBackend, TritonBackend
 from tests.triton.fixtures import require_triton_env
 
 pytestmark = pytest.mark.triton

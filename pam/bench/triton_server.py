@@ -21,9 +21,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.ports import free_port
+from serving.cluster.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCRIPT = ROOT / "scripts" / "triton-server.sh"
 
 

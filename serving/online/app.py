@@ -26,9 +26,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving import api_models as m
-from serving.api_models import ApiError, check_user_id, decode_bulk, decode_rerank, parse_json
-from serving.service import (
+from serving.online import api_models as m
+from serving.online.api_models import (
+    ApiError,
+    check_user_id,
+    decode_bulk,
+    decode_rerank,
+    parse_json,
+)
+from serving.online.service import (
     THUMBNAIL_SIZES,
     LocalModelCache,
     PersonalizationService,

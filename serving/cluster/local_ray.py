@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving.ports import free_port
+from serving.cluster.ports import free_port
 
 STARTUP_TIMEOUT_MESSAGE = "timed out during startup"
 RAY_LOGS = ("raylet.out", "gcs_server.out", "dashboard_agent.log", "runtime_env_agent.log")

@@ -1,7 +1,7 @@
-"""The personalization service as a plain library: no Ray, no HTTP (serving.app adds both).
+"""The personalization service as a plain library: no Ray, no HTTP (serving.online.app adds both).
 
 Split as LitServe splits a server: *setup* (`PersonalizationService(config)` opens the user store,
-the feature store and the feature backend of one model version), *decode* (serving.api_models
+the feature store and the feature backend of one model version), *decode* (serving.online.api_models
 validates requests), *predict* (the methods below), *encode* (`encode_json`).
 
 Per-user state is a `UserModel`: the album's feature rows, PAM fit on every stored rating, and
@@ -28,7 +28,8 @@ from export.preprocess import DecodeError, decode
 from personalize.active import ActivePAM
 from personalize.features import W_AES_PAPER, pam_input, visual_vector
 from personalize.pam import PAM, estimate_gain, rbf_offsets
-from serving.api_models import (
+from serving.feature_table.store import FeatureRows, FeatureStore
+from serving.online.api_models import (
     MAX_ALBUM_IDS,
     MAX_RATINGS_PER_CALL,
     MAX_SCORE_IDS,
@@ -41,8 +42,7 @@ from serving.api_models import (
     check_score,
     check_user_id,
 )
-from serving.feature_store import FeatureRows, FeatureStore
-from serving.user_store import (
+from serving.online.user_store import (
     DEFAULT_TENANT,
     RequestIdConflict,
     UnknownUser,
@@ -138,7 +138,7 @@ def safe_relative_path(root: Path, image_id: str) -> Path | None:
 
 
 def _open_backend(spec: str):
-    from serving import backends
+    from serving.scoring import backends
 
     opener = getattr(backends, "open_backend", None)
     return opener(spec) if opener is not None else backends.OnnxRuntimeBackend(spec)

@@ -38,8 +38,8 @@ import pyarrow.parquet as pq
 
 from personalize.features import AES_FEAT_DIM, FEATURE_NAMES, N_ATTRIBUTES, N_CONTENT
 from serving import feature_table as ft
-from serving.local_ray import init_local_ray
-from serving.sources import Sources, list_sources, open_for_path
+from serving.batch.sources import Sources, list_sources, open_for_path
+from serving.cluster.local_ray import init_local_ray
 
 DEFAULT_ROWS_PER_FILE = 16384  # ~13 MB of Parquet: large files, bounded rewrite cost
 DEFAULT_FLUSH_S = 60.0         # at most this much scored work sits unwritten in the driver
@@ -123,7 +123,7 @@ def backend_kind(spec: str) -> str:
 
 def open_feature_backend(spec: str, threads: int | None = None, max_batch_size: int = 32):
     """A FeatureBackend for a spec: a model path / onnx:PATH (in-process) or a Triton URL."""
-    from serving.backends import open_backend
+    from serving.scoring.backends import open_backend
 
     if backend_kind(spec) == "triton":
         return open_backend(spec, max_batch_size=max_batch_size)
@@ -131,7 +131,7 @@ def open_feature_backend(spec: str, threads: int | None = None, max_batch_size: 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model {path!r} does not exist (expected an exported pam_features.onnx)")
     # one single-thread session per thread: 4-5% more images/s than one session with that many
-    # threads (serving.backends.OnnxRuntimeBackend)
+    # threads (serving.scoring.backends.OnnxRuntimeBackend)
     return open_backend(f"onnx:{path}", intra_op_threads=threads, parallel_sessions=threads or 1,
                         max_batch_size=max_batch_size)
 

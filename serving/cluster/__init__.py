@@ -1,0 +1,1 @@
+"""Local Ray start-up and free ports: what every process that starts a server shares."""
