@@ -1,6 +1,6 @@
 """Classical pixel-level measures for the ten AADB attributes, each on AADB's [-1, 1] scale.
 
-`pixel_attributes(rgb)` labels any photo without AADB annotations: the networks engineer trains
+`pixel_attributes(rgb)` labels any photo without AADB annotations: `pam train` trains
 the attribute head on these targets when no AADB labels exist, and the rater-panel simulator and
 the demo label whole folders with them. numpy and Pillow only (torch-free, like preprocess.py).
 
