@@ -4,6 +4,7 @@ it uses, against processes whose titles name their role."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,13 +39,23 @@ def _busy(title: str, seconds: float) -> subprocess.Popen:
 
 
 def test_cpu_sampler_gives_each_role_its_cores():
+    spin_s = 3.0
     with _CpuSampler(every_s=0.2) as sampler:
-        decode, scorer = _busy("ray::MapBatches(read_and_decode)", 3.0), _busy("ray::MapWorker(MapBatches(Scorer))", 3.0)
-        decode.wait(), scorer.wait()
+        decode, scorer = _busy("ray::MapBatches(read_and_decode)", spin_s), _busy("ray::MapWorker(MapBatches(Scorer))", spin_s)
+        used = {"decode tasks": _cpu_seconds(decode), "scoring actor": _cpu_seconds(scorer)}
         time.sleep(0.5)
     cores = sampler.steady_cores()
-    # two spinning processes on a 2-core machine: each near one core in the window sampled
-    assert cores is not None and cores.get("decode tasks", 0) > 0.4 and cores.get("scoring actor", 0) > 0.4, cores
+    assert cores is not None, "too few samples"
+    # each spinning process gets the share of the cores it really had (two cores when the machine is
+    # quiet, less when other programs run): the sampler must give it to its role, not to "other programs"
+    for role, cpu_s in used.items():
+        assert cores.get(role, 0) > 0.5 * cpu_s / spin_s, (role, cpu_s, cores)
+
+
+def _cpu_seconds(process: subprocess.Popen) -> float:
+    _, _, usage = os.wait4(process.pid, 0)
+    process.returncode = 0
+    return usage.ru_utime + usage.ru_stime
 
 
 def test_ceiling_is_scoring_alone_on_the_cores_the_other_processes_leave():
