@@ -17,6 +17,7 @@ from serving.feature_table.schema import (
     id_keys,
     key_hashes,
     to_numpy,
+    write_file,
 )
 from serving.feature_table.store import FeatureRows, FeatureStore
 from serving.feature_table.table import (
@@ -37,5 +38,5 @@ __all__ = [
     "CURRENT_NAME", "DEFAULT_MEMORY_BYTES", "DEFAULT_ROWS_PER_FILE", "FEATURE_COLUMNS", "FEATURE_SCHEMA",
     "INDEX_NAME", "MANIFEST_NAME", "FeatureRows", "FeatureStore", "FeatureTable", "IncompleteVersionError",
     "NoCurrentVersionError", "PartInfo", "PartWriter", "Version", "VersionLockedError", "check_table",
-    "check_version_name", "feature_table", "id_keys", "key_hashes", "remaining", "to_numpy",
+    "check_version_name", "feature_table", "id_keys", "key_hashes", "remaining", "to_numpy", "write_file",
 ]

@@ -19,11 +19,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from serving.feature_table.schema import (
-    FEATURE_COLUMNS,
     FEATURE_SCHEMA,
+    FILE_COLUMNS,
     id_keys,
     index_table,
     key_hashes,
+    with_version,
 )
 
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
@@ -156,7 +157,7 @@ def build_index(fs: pafs.FileSystem, paths: Sequence[str], destination: str, dig
                         width = max(width, id_keys(batch.column(0).cast(pa.string())).dtype.itemsize)
         for path in paths:
             with fs.open_input_file(path) as f:
-                for batch in pq.ParquetFile(f).iter_batches(READ_BATCH_ROWS, columns=list(FEATURE_COLUMNS)):
+                for batch in pq.ParquetFile(f).iter_batches(READ_BATCH_ROWS, columns=list(FILE_COLUMNS)):
                     hashes = key_hashes(id_keys(batch.column("image_id").cast(pa.string()), width=width))
                     spill.add(batch, _range_of(hashes, ranges))
         spill.close()
@@ -167,7 +168,7 @@ def build_index(fs: pafs.FileSystem, paths: Sequence[str], destination: str, dig
                 table = spill.read(r)
                 if table is None:
                     continue
-                index = index_table(table, digest, model_version, width=width)
+                index = index_table(with_version(table, model_version), digest, model_version, width=width)
                 del table
                 if writer is None:
                     writer = pa.ipc.new_file(destination, index.schema)

@@ -133,7 +133,12 @@ class PartInfo:
 
 
 def parquet_bytes(table: pa.Table, crop_policy: str = "", compression: str = "zstd") -> pa.Buffer:
-    """Serialise a feature table to Parquet bytes carrying model version and crop policy."""
+    """Serialise a feature table to Parquet bytes carrying model version and crop policy.
+
+    The model_version column is not stored: the file's directory (model_version=<v>/) holds it,
+    as hive-style engines expect (Spark refuses a column that is both in the files and the path),
+    and so does the file's metadata. `with_version` puts it back on reading.
+    """
     table = check_table(table)
     versions = table.column("model_version").unique().to_pylist()
     if len(versions) > 1:
@@ -143,9 +148,31 @@ def parquet_bytes(table: pa.Table, crop_policy: str = "", compression: str = "zs
                  META_MODEL_VERSION: (versions[0] if versions else "").encode(),
                  META_CROP_POLICY: crop_policy.encode()})
     sink = pa.BufferOutputStream()
-    pq.write_table(table.replace_schema_metadata(meta), sink, compression=compression,
-                   use_dictionary=["image_id", "model_version", "error"])
+    stored = table.drop_columns(["model_version"]).replace_schema_metadata(meta)
+    pq.write_table(stored, sink, compression=compression, use_dictionary=["image_id", "error"])
     return sink.getvalue()
+
+
+def write_file(rows: pa.Table, path: str, crop_policy: str = "") -> str:
+    """Feature rows as one standalone Parquet file (model_version column included: no directory
+    names it), e.g. a simulator's property table."""
+    rows = check_table(rows)
+    meta = {**(rows.schema.metadata or {}), META_FORMAT: str(FORMAT_VERSION).encode(),
+            META_CROP_POLICY: crop_policy.encode()}
+    pq.write_table(rows.replace_schema_metadata(meta), path, compression="zstd")
+    return str(path)
+
+
+FILE_COLUMNS = tuple(c for c in FEATURE_COLUMNS if c != "model_version")
+
+
+def with_version(table: pa.Table, model_version: str) -> pa.Table:
+    """Rows read from a part file, with the model_version column its directory names."""
+    if "model_version" in table.column_names:  # a file of the first layout
+        return table
+    column = pa.array(np.full(table.num_rows, model_version, dtype=object), pa.string())
+    position = list(FEATURE_COLUMNS).index("model_version")
+    return table.add_column(min(position, table.num_columns), FEATURE_SCHEMA.field("model_version"), column)
 
 
 def part_name(image_ids: Iterable[str]) -> str:

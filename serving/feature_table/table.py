@@ -57,6 +57,7 @@ from serving.feature_table.schema import (
     feature_table,
     parquet_bytes,
     part_name,
+    with_version,
 )
 
 VERSION_KEY = "model_version"
@@ -245,8 +246,13 @@ class Version:
         return self._read(paths, columns)
 
     def _read(self, paths: Sequence[str], columns: Sequence[str] | None) -> pa.Table:
-        tables = [pq.read_table(p, columns=list(columns) if columns else None, filesystem=self.fs,
-                                partitioning=None) for p in paths]
+        stored = [c for c in columns if c != "model_version"] if columns else None
+        tables = []
+        for path in paths:
+            table = pq.read_table(path, columns=stored, filesystem=self.fs, partitioning=None)
+            if not columns or "model_version" in columns:
+                table = with_version(table, self.name)
+            tables.append(table.select(list(columns)) if columns else table)
         if not tables:
             schema = FEATURE_SCHEMA if not columns else pa.schema([FEATURE_SCHEMA.field(c) for c in columns])
             return schema.empty_table()
@@ -357,7 +363,7 @@ class Version:
             row = 0
             with self.fs.open_input_file(path) as f:
                 for batch in pq.ParquetFile(f).iter_batches(8192):  # extra columns kept
-                    table = pa.Table.from_batches([batch])
+                    table = with_version(pa.Table.from_batches([batch]), self.name)
                     if drop is not None and len(drop):
                         numbers = np.arange(row, row + batch.num_rows)
                         table = table.filter(pa.array(~np.isin(numbers, drop)))
@@ -468,8 +474,8 @@ class Version:
         tables = []
         for name in names:
             try:
-                table = pq.read_table(join(self.online, name), filesystem=self.fs, columns=list(FEATURE_COLUMNS),
-                                      partitioning=None)
+                table = pq.read_table(join(self.online, name), filesystem=self.fs, partitioning=None)
+                table = with_version(table, self.name).select(list(FEATURE_COLUMNS))
             except FileNotFoundError:
                 continue  # merged away by a concurrent compaction: its rows are in the merged file
             tables.append(check_table(table).replace_schema_metadata(None))
@@ -577,13 +583,16 @@ def migrate_layout(table: FeatureTable) -> list[str]:
                 if entry.startswith(TMP_MARK):
                     fs.delete_file(join(root, name, entry))
                     continue
+                if entry.endswith(PART_SUFFIX):  # without its model_version column (see parquet_bytes)
+                    _rewrite_part(fs, join(root, name, entry), join(target, entry), name)
+                    continue
                 files.move(fs, join(root, name, entry), join(target, entry))
             fs.delete_dir(join(root, name))
             moved.append(name)
         if has_online:
             for name in files.list_dirs(fs, join(root, OLD_ONLINE)):
                 for entry in files.list_files(fs, join(root, OLD_ONLINE, name)):
-                    files.move(fs, join(root, OLD_ONLINE, name, entry), join(table.version(name).online, entry))
+                    _rewrite_part(fs, join(root, OLD_ONLINE, name, entry), join(table.version(name).online, entry), name)
             fs.delete_dir(join(root, OLD_ONLINE))
             moved.append(OLD_ONLINE)
         if has_pointer:
@@ -594,3 +603,10 @@ def migrate_layout(table: FeatureTable) -> list[str]:
         raise PermissionError(f"{table.uri} is in the first feature-table layout and cannot be migrated "
                               "here (read-only); open it once where it is writable") from None
     return moved
+
+
+def _rewrite_part(fs: pafs.FileSystem, source: str, destination: str, model_version: str) -> None:
+    rows = pq.read_table(source, filesystem=fs, partitioning=None)
+    policy = (rows.schema.metadata or {}).get(b"pam.crop_policy", b"").decode()
+    write_atomic(fs, destination, parquet_bytes(with_version(rows, model_version), policy))
+    fs.delete_file(source)
