@@ -59,8 +59,7 @@ def _finalize(root: str, memory_bytes: int) -> dict:
 def _in_memory(root: str) -> dict:
     import pyarrow as pa
 
-    from serving.feature_table import FeatureTable
-    from serving.feature_table.schema import index_table
+    from serving.feature_table import FeatureTable, index_table
 
     version = FeatureTable(root).version("bench-v1")
     before = _rss()

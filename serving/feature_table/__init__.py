@@ -15,6 +15,7 @@ from serving.feature_table.schema import (
     check_table,
     feature_table,
     id_keys,
+    index_table,
     key_hashes,
     to_numpy,
     write_file,
@@ -38,5 +39,5 @@ __all__ = [
     "CURRENT_NAME", "DEFAULT_MEMORY_BYTES", "DEFAULT_ROWS_PER_FILE", "FEATURE_COLUMNS", "FEATURE_SCHEMA",
     "INDEX_NAME", "MANIFEST_NAME", "FeatureRows", "FeatureStore", "FeatureTable", "IncompleteVersionError",
     "NoCurrentVersionError", "PartInfo", "PartWriter", "Version", "VersionLockedError", "check_table",
-    "check_version_name", "feature_table", "id_keys", "key_hashes", "remaining", "to_numpy", "write_file",
+    "check_version_name", "feature_table", "id_keys", "index_table", "key_hashes", "remaining", "to_numpy", "write_file",
 ]
