@@ -13,5 +13,6 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "triton": ("pam.bench.triton", "Triton requests/s and latency vs in-process ONNX Runtime"),
     "features": ("pam.bench.features", "the Ray Data batch job vs a single-process loop"),
     "store": ("pam.bench.store", "feature-store lookups of 1,000 ids in 1M rows vs pandas"),
+    "finalize": ("pam.bench.finalize", "finalizing a version of 1M / 5M rows: peak memory, time"),
     "serve": ("pam.bench.serve", "re-rank through Ray Serve vs library call vs echo (wrk)"),
 }

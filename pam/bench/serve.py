@@ -68,9 +68,7 @@ def synthetic_feature_root(root: Path, n_images: int, seed: int = 0) -> list[str
                 "aes_feat": np.abs(rng.normal(0, 40, (n_images, 176))),
                 "attributes": np.tanh(rng.normal(0, 0.6, (n_images, 10))), "content": content}
     table = ft.feature_table(ids, features, VERSION)
-    part = ft.write_part(str(root), table, crop_policy="synthetic")
-    ft.write_manifest(str(root), VERSION, [part], crop_policy="synthetic")
-    ft.set_current(str(root), VERSION)
+    ft.FeatureTable(root).write_version(table, crop_policy="synthetic")
     return ids
 
 
@@ -296,7 +294,7 @@ def serve_session(params: dict) -> dict:
 
     mode, work = params["mode"], Path(params["work"])
     metrics_port = init_local_ray(num_cpus=2, include_dashboard=False,
-                                  _system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False)
+                                  system_config={"metrics_report_interval_ms": 1000}, log_to_driver=False)
     out: dict = {"mode": mode}
     try:
         port = free_port_block(1, start=42000)

@@ -1,7 +1,7 @@
 """`pam bench store`: feature-store lookups of 1,000 ids in a generated table of 1M rows.
 
 Side by side, in one process, over the same complete version on disk:
-    store    serving.feature_table.store.FeatureStore: memory-mapped sorted index, np.searchsorted
+    store    serving.feature_table.FeatureStore: the memory-mapped index sorted by id hash
     pandas   the obvious approach: pd.read_parquet, set_index("image_id"), .reindex(ids)
     dict     a Python dict {image_id: row} over numpy matrices read from the Parquet
 Each runs in a fresh process: open time, lookup time (median of --repeats lookups of --lookups
@@ -46,7 +46,9 @@ def _delta(before: dict, after: dict) -> dict[str, float]:
     return {f"{k.lower()}_mb": (after.get(k, 0) - before.get(k, 0)) / 1e6 for k in ("RssAnon", "RssFile")}
 
 
-def generate(root: str, rows: int, seed: int = 0, rows_per_file: int = 131072) -> list[str]:
+def generate(root: str, rows: int, seed: int = 0, rows_per_file: int = 131072, finalize: bool = True) -> list[str]:
+    """A version "bench-v1" of `rows` generated rows (one failed per part), made current; with
+    finalize=False its parts are only staged (what a job leaves before finalizing)."""
     import numpy as np
 
     from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT
@@ -54,7 +56,8 @@ def generate(root: str, rows: int, seed: int = 0, rows_per_file: int = 131072) -
 
     rng = np.random.default_rng(seed)
     ids = [f"albums/{i % 997:03d}/IMG_{i:08d}.jpg" for i in range(rows)]
-    parts = []
+    table = ft.FeatureTable(root)
+    version = table.version("bench-v1")
     for start in range(0, rows, rows_per_file):
         n = min(rows_per_file, rows - start)
         features = {"aes_score": rng.uniform(1, 5, n).astype(np.float32),
@@ -63,11 +66,10 @@ def generate(root: str, rows: int, seed: int = 0, rows_per_file: int = 131072) -
                     "content": rng.dirichlet(np.ones(N_CONTENT), n).astype(np.float32)}
         errors = [None] * n
         errors[0] = "corrupt: generated failure"
-        table = ft.feature_table(ids[start:start + n], features, "bench-v1", errors)
-        parts.append(ft.write_part(root, table, crop_policy="generated"))
-    manifest = ft.write_manifest(root, "bench-v1", parts, crop_policy="generated")
-    ft.write_index(root, "bench-v1", manifest=manifest)
-    ft.set_current(root, "bench-v1")
+        version.write_part(ft.feature_table(ids[start:start + n], features, "bench-v1", errors), "generated")
+    if finalize:
+        version.finalize("generated", rows_per_file=rows_per_file)
+        table.set_current("bench-v1")
     return ids
 
 
@@ -110,12 +112,12 @@ def _timed_lookups(lookup, queries, repeats: int) -> float:
 
 
 def _bench_store(root: str, queries, repeats: int):
-    from serving.feature_table.store import FeatureStore
+    from serving.feature_table import FeatureTable
 
     gc.collect()
     before = _memory()
     start = time.perf_counter()
-    store = FeatureStore.open(root)
+    store = FeatureTable(root).store()
     open_s = time.perf_counter() - start
     found, _ = store.lookup(queries[0])
     lookup_s = _timed_lookups(store.lookup, queries, repeats)
@@ -130,7 +132,7 @@ def _bench_dict(root: str, queries, repeats: int, reference):
     gc.collect()
     before = _memory()
     start = time.perf_counter()
-    columns = ft.to_numpy(ft.read_version(root))
+    columns = ft.to_numpy(ft.FeatureTable(root).read())
     row_of = {image_id: i for i, image_id in enumerate(columns["image_id"])}
     failed = np.array([e is not None for e in columns["error"]])
     open_s = time.perf_counter() - start
@@ -155,9 +157,9 @@ def _bench_pandas(root: str, queries, repeats: int, reference):
     gc.collect()
     before = _memory()
     start = time.perf_counter()
-    manifest = ft.read_manifest(root, "bench-v1")
-    paths = [f"{root}/bench-v1/{p['name']}" for p in manifest["parts"]]
-    df = pd.concat([pq.read_table(p).to_pandas() for p in paths]).set_index("image_id")
+    version = ft.FeatureTable(root).version("bench-v1")
+    paths = [f"{version.path}/{p['name']}" for p in version.manifest()["parts"]]
+    df = pd.concat([pq.read_table(p, partitioning=None).to_pandas() for p in paths]).set_index("image_id")
     open_s = time.perf_counter() - start
 
     def lookup(q):

@@ -7,7 +7,7 @@ import glob
 import os
 
 HELP = ("Batch job: score every photo of a folder / glob / manifest (local or s3://...) into the "
-        "Parquet feature table <out>/<model_version>/, resumable; or manage the served version.")
+        "Parquet feature table <out>/model_version=<version>/, resumable; or manage the served version.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--all-files", action="store_true",
                         help="score every listed file, not only image extensions (non-images become failed rows)")
-    parser.add_argument("--no-promote", action="store_true", help="do not point CURRENT at the finished version")
+    parser.add_argument("--no-promote", action="store_true", help="do not serve the finished version (the current one stays)")
     parser.add_argument("--max-attempts", type=int, default=3, help="pipeline retries after a lost node (default 3)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
+                        help="another job is writing this version: wait up to this long for it (default: fail at once)")
+    parser.add_argument("--finalize-memory-gb", type=float, default=2.0,
+                        help="the driver's memory for finalizing the version (dedupe and index), GB (default 2)")
     manage = parser.add_argument_group("managing versions (no job runs)")
     manage.add_argument("--list", action="store_true", help="list complete versions and the current one")
     manage.add_argument("--set-current", metavar="VERSION", help="serve this complete version (atomic switch)")
@@ -48,16 +52,17 @@ def run(args: argparse.Namespace) -> dict:
     from serving import feature_table as ft
 
     if args.list or args.set_current or args.rollback:
+        table = ft.FeatureTable(args.out)
         if args.set_current:
-            ft.set_current(args.out, args.set_current)
+            table.set_current(args.set_current)
         elif args.rollback:
-            ft.rollback(args.out)
+            table.rollback()
         try:
-            current = ft.current_version(args.out)
+            current = table.current_name
         except ft.NoCurrentVersionError:
             current = None
-        versions = {v: {k: ft.read_manifest(args.out, v)[k] for k in ("rows", "rows_ok", "rows_failed", "written_at")}
-                    for v in ft.list_versions(args.out)}
+        versions = {v: {k: table.version(v).manifest()[k] for k in ("rows", "rows_ok", "rows_failed", "written_at")}
+                    for v in table.versions()}
         return {"mode": "versions", "out": args.out, "current": current, "versions": versions}
 
     if not args.inputs:
@@ -72,10 +77,13 @@ def run(args: argparse.Namespace) -> dict:
         rows_per_file=args.rows_per_file or DEFAULT_ROWS_PER_FILE, flush_s=args.flush_s or DEFAULT_FLUSH_S,
         actors=args.actors, threads=args.threads, num_cpus=args.num_cpus, ray_address=args.address,
         all_files=args.all_files, promote=not args.no_promote, max_attempts=args.max_attempts,
-        progress=not args.no_progress,
+        progress=not args.no_progress, wait_for_lock_s=args.wait_for_lock,
+        finalize_memory_bytes=int(args.finalize_memory_gb * 1024**3),
     )
     try:
         summary = run_job(config)
+    except ft.VersionLockedError as exc:
+        raise SystemExit(f"pam features: {exc}") from None
     except KeyboardInterrupt:
         raise SystemExit("pam features: interrupted; the rows written so far are kept, run the same "
                          "command again to resume") from None
@@ -107,9 +115,9 @@ def render(summary: dict) -> str:
         lines.append(f"  pipeline retried {len(summary['retried_errors'])}x: {summary['retried_errors'][0][:120]}")
     if summary.get("complete"):
         table = summary["table"]
-        lines.append(f"  table {summary['out']}/{summary['model_version']}: {table['rows']} rows "
+        lines.append(f"  table {summary['out']}/model_version={summary['model_version']}: {table['rows']} rows "
                      f"({table['rows_ok']} ok, {table['rows_failed']} failed) in {table['files']} files, "
-                     f"{table['bytes'] / 1e6:.1f} MB" + ("; now CURRENT" if summary.get("promoted") else ""))
+                     f"{table['bytes'] / 1e6:.1f} MB" + ("; now served" if summary.get("promoted") else ""))
     else:
         lines.append(f"  INCOMPLETE: {summary['remaining']} photos left after {summary['attempts']} attempts; "
                      "run again to resume")

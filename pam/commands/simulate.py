@@ -3,7 +3,7 @@
 Files under --out: ratings.csv (worker, imagePair, score; check-image ratings included),
 test_workers.txt, check_images.csv (imagePair, score), workers.json (each worker's role and
 hidden taste), features/ (a feature store root in DESIGN.md's schema plus the hidden-taste
-columns; read with serving.feature_table.read_version), panel.json (configuration, frozen
+columns; read with serving.feature_table.FeatureTable(...).read()), panel.json (configuration, frozen
 parameters and the calibration statistics). `pam eval ... --panel DIR` reads it back.
 """
 
@@ -41,7 +41,7 @@ def read_feature_matrix(path: Path):
 
     path = Path(path)
     if path.is_dir():
-        table = ft.read_version(str(path))
+        table = ft.FeatureTable(path).read()
     elif path.is_file():
         table = pq.read_table(path)
     else:
@@ -91,9 +91,7 @@ def write_panel(panel, out: Path) -> dict:
     for name, column in hidden.items():
         table = table.append_column(name, column)
     features = out / "features"
-    part = ft.write_part(str(features), table)
-    ft.write_manifest(str(features), version, [part], extra={"simulated": True})
-    ft.set_current(str(features), version)
+    ft.FeatureTable(features).write_version(table, extra={"simulated": True})
     return {"ratings": str(out / "ratings.csv"), "test_workers": str(out / "test_workers.txt"),
             "check_images": str(out / "check_images.csv"), "workers": str(out / "workers.json"),
             "features": str(features), "model_version": version}

@@ -52,15 +52,12 @@ class PhotoProperties:
     def write(self, path) -> str:
         """The property table as a Parquet file in DESIGN.md's feature schema
         (`pam simulate --properties FILE` reads it)."""
-        import pyarrow.parquet as pq
-
         from serving import feature_table as ft
 
         table = ft.feature_table(self.image_ids, {"aes_score": self.aes_score, "aes_feat": self.aes_feat,
                                                   "attributes": self.attributes, "content": self.content},
                                  PROPERTIES_VERSION)
-        pq.write_table(table, str(path))
-        return str(path)
+        return ft.write_file(table, str(path))
 
 
 def soft_content(features: np.ndarray, seed: int) -> np.ndarray:

@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from serving import feature_table as ft
+from serving.feature_table import id_keys
+from serving.feature_table.files import join, read_bytes, resolve
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm", ".jfif"})
@@ -62,7 +63,7 @@ def list_sources(spec: str, filesystem: pafs.FileSystem | None = None, all_files
     spec = os.fspath(spec)
     if _GLOB_CHARS.search(_path_part(spec)):
         return _from_glob(spec, filesystem, all_files)
-    fs, path = ft.resolve(spec, filesystem)
+    fs, path = resolve(spec, filesystem)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.Directory:
         return _from_folder(fs, path, all_files)
@@ -110,7 +111,7 @@ def _from_relative(fs, root, relative, all_files, kind) -> Sources:
     if not all_files:
         relative = [r for r in relative if _is_image(r)]
     table = pa.table({"image_id": pa.array(relative, pa.string()),
-                      "path": pa.array([ft.join(root, r) for r in relative], pa.string())})
+                      "path": pa.array([join(root, r) for r in relative], pa.string())})
     sources = _finish(table, fs, root, kind)
     sources.skipped = skipped
     return sources
@@ -130,7 +131,7 @@ def _from_glob(spec: str, filesystem: pafs.FileSystem | None, all_files: bool) -
         fixed = _take_fixed(parts)
         pattern = "/".join(parts[len(fixed):])
         root_spec = "/".join(fixed) or ("/" if spec.startswith("/") else ".")
-    fs, root = ft.resolve(root_spec, filesystem)
+    fs, root = resolve(root_spec, filesystem)
     if fs.get_file_info(root).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"glob {spec!r}: {root_spec!r} is not a directory")
     regex = glob_regex(pattern)
@@ -186,7 +187,7 @@ def glob_regex(pattern: str) -> re.Pattern:
 # ---------------------------------------------------------------- manifests
 
 def _from_text_manifest(fs: pafs.FileSystem, path: str) -> Sources:
-    text = ft.read_bytes(fs, path).decode("utf-8-sig")
+    text = read_bytes(fs, path).decode("utf-8-sig")
     paths, ids = [], []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.rstrip("\r")
@@ -242,7 +243,7 @@ def _finish(table: pa.Table, fs: pafs.FileSystem, root: str, kind: str) -> Sourc
     table = pa.table({"image_id": ids, "path": table.column("path").combine_chunks()}, schema=SOURCE_SCHEMA)
     duplicates = 0
     if table.num_rows:
-        keys = ft.id_keys(ids)  # raises on empty ids or NUL characters
+        keys = id_keys(ids)  # raises on empty ids or NUL characters
         _, first = np.unique(keys, return_index=True)
         duplicates = table.num_rows - len(first)
         if duplicates:

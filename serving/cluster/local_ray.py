@@ -24,17 +24,21 @@ RAY_LOGS = ("raylet.out", "gcs_server.out", "dashboard_agent.log", "runtime_env_
 TELLING = re.compile(r"error|fail|exception|in use|refused", re.IGNORECASE)
 
 
-def init_local_ray(attempts: int = 2, metrics_port: int | None = None, **kwargs) -> int:
+def init_local_ray(attempts: int = 2, metrics_port: int | None = None, system_config: dict | None = None,
+                   **kwargs) -> int:
     """`ray.init(address="local", **kwargs)`, tried up to `attempts` times; returns the port of
-    Ray's Prometheus metrics. Without `metrics_port`, each try takes a port free at that moment."""
+    Ray's Prometheus metrics. Without `metrics_port`, each try takes a port free at that moment.
+    system_config: Ray's internal settings for the new node (see serving.cluster.ray_compat)."""
     import ray
+
+    from serving.cluster.ray_compat import init_options
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for attempt in range(1, attempts + 1):
         port = metrics_port or free_port("")
         before = _descendants(os.getpid())
         try:
-            ray.init(address="local", _metrics_export_port=port, **kwargs)
+            ray.init(address="local", **init_options(port, system_config), **kwargs)
             return port
         except Exception as error:  # Ray raises a bare Exception for this
             if STARTUP_TIMEOUT_MESSAGE not in str(error) or attempt == attempts:

@@ -8,31 +8,37 @@
     store.add_online(ids, backend.score(images), model_version=backend.model_version)
     store.refresh()         # follow CURRENT / a re-run of the version; atomic, never mixes versions
 
-A version is served from its `_index.arrow` (rows sorted by id, ids as fixed-width byte keys),
-memory-mapped when local: replicas on one node share the pages, opening costs milliseconds, and a
-lookup is one np.searchsorted over the keys plus a gather (no Python loop per id). The batch job
-writes the index; when it is absent or stale the store builds it (and saves it when the root is a
-local directory). Rows scored online live in <root>/online/<version>/ as small Parquet files; a
-lookup that misses the batch rows checks them, re-listing that directory first, so rows added by
-another replica or process become visible without a restart.
+A version is served from its `_index.arrow` (rows sorted by the hash of their id, ids as
+fixed-width byte keys), memory-mapped when local: replicas on one node share the pages, opening
+costs milliseconds, and a lookup is a few vectorised passes over all the ids asked (no Python loop
+per id). The index is one record batch per hash range (one for tables that fit the builder's memory
+budget); a lookup routes each id to its range. The batch job writes the index; when it is absent
+or stale the store builds it (and saves it when the root is a local directory). Rows scored online
+live in <root>/_online/model_version=<v>/ as small Parquet files; a lookup that misses the batch
+rows checks them, re-listing that directory first, so rows added by another replica or process
+become visible without a restart.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from personalize.features import AES_FEAT_DIM, FEATURE_NAMES, N_ATTRIBUTES, N_CONTENT
-from serving import feature_table as ft
+from serving.feature_table.schema import (
+    FEATURE_SCHEMA,
+    feature_table,
+    id_keys,
+    index_table,
+    key_hashes,
+)
+from serving.feature_table.table import FeatureTable, Version
 
 _WIDTHS = {"aes_feat": AES_FEAT_DIM, "attributes": N_ATTRIBUTES, "content": N_CONTENT}
 
@@ -59,7 +65,7 @@ class FeatureRows:
 
 
 class _Segment:
-    """Sorted fixed-width id keys plus numpy views of the feature columns of one index table."""
+    """Sorted fixed-width id keys plus numpy views of the feature columns of one index batch."""
 
     def __init__(self, index: pa.Table, source: object = None):
         self._source = source  # keeps a memory map alive as long as the views
@@ -93,11 +99,15 @@ class _Segment:
         where a binary search over millions of rows takes ~20 steps and misses on the last
         several; and a fixed few numpy passes, however the ids fall into buckets.
         """
-        n_ids = len(ids)
+        if self.n == 0:
+            return np.zeros(len(ids), bool), np.zeros(len(ids), np.intp)
+        queries = id_keys(ids, width=self.width, strict=False)
+        return self.find_keys(queries, key_hashes(queries))
+
+    def find_keys(self, queries: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n_ids = len(queries)
         if self.n == 0:
             return np.zeros(n_ids, bool), np.zeros(n_ids, np.intp)
-        queries = ft.id_keys(ids, width=self.width, strict=False)
-        hashes = ft.key_hashes(queries)
         bucket = (hashes >> self._shift).astype(np.intp)
         low = self._starts[bucket].astype(np.intp)
         high = self._starts[bucket + 1].astype(np.intp)
@@ -127,6 +137,73 @@ class _Segment:
     def ids(self) -> list[str]:
         return [k.decode("utf-8") for k in self.keys.tolist()]
 
+    def gather(self, name: str, positions: np.ndarray) -> np.ndarray:
+        return np.take(getattr(self, name), positions, axis=0)
+
+    def failed_at(self, positions: np.ndarray) -> np.ndarray:
+        return self.failed[positions] if self.n else np.zeros(len(positions), bool)
+
+    def reasons(self, positions: np.ndarray) -> list:
+        return self.errors.take(pa.array(positions)).to_pylist()
+
+
+class _Ranges:
+    """An index of several record batches, each a range of hashes following the one before."""
+
+    def __init__(self, index: pa.Table, source: object = None):
+        self._source = source
+        self.parts = [_Segment(pa.Table.from_batches([batch]), source) for batch in index.to_batches()]
+        self.parts = [p for p in self.parts if p.n]
+        self.n = sum(p.n for p in self.parts)
+        self.width = self.parts[0].width if self.parts else 1
+        self.offsets = np.cumsum([0] + [p.n for p in self.parts])
+        self.first_hashes = np.array([p.hashes[0] for p in self.parts], np.uint64)
+
+    def _route(self, positions: np.ndarray):
+        part = np.searchsorted(self.offsets, positions, side="right") - 1
+        for p in np.unique(part):
+            mask = part == p
+            yield self.parts[p], mask, positions[mask] - self.offsets[p]
+
+    def find(self, ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        hit, positions = np.zeros(len(ids), bool), np.zeros(len(ids), np.intp)
+        if not self.n:
+            return hit, positions
+        queries = id_keys(ids, width=self.width, strict=False)
+        hashes = key_hashes(queries)
+        part = np.maximum(np.searchsorted(self.first_hashes, hashes, side="right") - 1, 0)
+        for p in np.unique(part):
+            mask = part == p
+            hit[mask], found = self.parts[p].find_keys(queries[mask], hashes[mask])
+            positions[mask] = found + self.offsets[p]
+        return hit, positions
+
+    def ids(self) -> list[str]:
+        return [i for p in self.parts for i in p.ids()]
+
+    def gather(self, name: str, positions: np.ndarray) -> np.ndarray:
+        width = _WIDTHS.get(name)
+        out = np.empty((len(positions),) if width is None else (len(positions), width), np.float32)
+        for part, mask, local in self._route(positions):
+            out[mask] = part.gather(name, local)
+        return out
+
+    def failed_at(self, positions: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(positions), bool)
+        for part, mask, local in self._route(positions):
+            out[mask] = part.failed[local]
+        return out
+
+    def reasons(self, positions: np.ndarray) -> list:
+        out = np.empty(len(positions), dtype=object)
+        for part, mask, local in self._route(positions):
+            out[mask] = part.reasons(local)
+        return out.tolist()
+
+
+def _index_segment(index: pa.Table, source: object = None) -> _Segment | _Ranges:
+    return _Segment(index, source) if index.column("hash").num_chunks <= 1 else _Ranges(index, source)
+
 
 def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
@@ -152,9 +229,9 @@ def _list_view(array: pa.FixedSizeListArray, width: int) -> np.ndarray:
 class _Snapshot:
     """Everything one version serves; swapped as a whole so a lookup never mixes versions."""
 
-    model_version: str
+    version: Version
     digest: str
-    batch: _Segment
+    batch: _Segment | _Ranges
     online_rows: pa.Table      # feature-schema rows scored online, in the order written
     online: _Segment           # their index (first row per id wins)
     online_files: frozenset[str]
@@ -164,30 +241,28 @@ class _Snapshot:
 class FeatureStore:
     """Vectorised id lookups over one complete model version (see the module docstring)."""
 
-    def __init__(self, fs: pafs.FileSystem, root: str, model_version: str | None, follow_current: bool):
-        self._fs = fs
-        self._root = root
-        self._follow_current = follow_current
+    def __init__(self, table: FeatureTable, model_version: str | None = None):
+        self.table = table
+        self._follow_current = model_version is None
         self._lock = threading.RLock()
         self._online_stamp: dict[str, float | int | None] = {}
         self.online_poll_s = 1.0  # object storage: how often a miss may re-list the online rows
-        self._snap = self._load(model_version or ft.current_version(root, fs))
+        self._snap = self._load(table.version(model_version or table.current_name))
 
     @classmethod
     def open(cls, root: str, model_version: str | None = None,
              filesystem: pafs.FileSystem | None = None) -> FeatureStore:
-        """Open a complete version (None = whatever CURRENT names, followed on refresh())."""
-        fs, root_path = ft.resolve(root, filesystem)
-        return cls(fs, root_path, model_version, follow_current=model_version is None)
+        """Open a complete version of a table root (None = the current one, followed on refresh())."""
+        return cls(FeatureTable(root, filesystem), model_version)
 
     # ------------------------------------------------------------------ reading
     @property
     def model_version(self) -> str:
-        return self._snap.model_version
+        return self._snap.version.name
 
     @property
     def root(self) -> str:
-        return self._root
+        return self.table.root
 
     def __len__(self) -> int:
         snap = self._snap
@@ -208,8 +283,8 @@ class FeatureStore:
             hit_o &= ~hit_b
         else:
             hit_o, pos_o = np.zeros(len(ids), bool), pos_b
-        failed_b = hit_b & snap.batch.failed[pos_b] if snap.batch.n else hit_b
-        failed_o = hit_o & snap.online.failed[pos_o] if snap.online.n else hit_o
+        failed_b = hit_b & snap.batch.failed_at(pos_b) if snap.batch.n else hit_b
+        failed_o = hit_o & snap.online.failed_at(pos_o) if snap.online.n else hit_o
         ok_b, ok_o = hit_b & ~failed_b, hit_o & ~failed_o
         ok = np.flatnonzero(ok_b | ok_o)
         id_objects = np.empty(len(ids), dtype=object)
@@ -218,22 +293,21 @@ class FeatureStore:
         if not ok_o.any():  # the common case: one gather per column straight from the index
             take = pos_b[ok]
             for name in FEATURE_NAMES:
-                rows[name] = np.take(getattr(snap.batch, name), take, axis=0)
+                rows[name] = snap.batch.gather(name, take)
         else:
             from_online = ok_o[ok]
             for name in FEATURE_NAMES:
                 width = _WIDTHS.get(name)
                 out = np.empty((len(ok),) if width is None else (len(ok), width), np.float32)
-                out[~from_online] = np.take(getattr(snap.batch, name), pos_b[ok][~from_online], axis=0)
-                out[from_online] = np.take(getattr(snap.online, name), pos_o[ok][from_online], axis=0)
+                out[~from_online] = snap.batch.gather(name, pos_b[ok][~from_online])
+                out[from_online] = snap.online.gather(name, pos_o[ok][from_online])
                 rows[name] = out
         failed = {}
         for segment, mask, positions in ((snap.batch, failed_b, pos_b), (snap.online, failed_o, pos_o)):
             if mask.any():
-                reasons = segment.errors.take(pa.array(positions[mask])).to_pylist()
-                failed.update(zip(id_objects[mask].tolist(), reasons, strict=True))
+                failed.update(zip(id_objects[mask].tolist(), segment.reasons(positions[mask]), strict=True))
         missing = id_objects[~(hit_b | hit_o)].tolist()
-        found = FeatureRows(image_ids=id_objects[ok].tolist(), model_version=snap.model_version,
+        found = FeatureRows(image_ids=id_objects[ok].tolist(), model_version=snap.version.name,
                             failed=failed, **rows)
         return found, missing
 
@@ -255,17 +329,15 @@ class FeatureStore:
         Returns the number of rows written.
         """
         snap = self._snap
-        if model_version is not None and model_version != snap.model_version:
-            raise ValueError(f"rows scored by {model_version!r} cannot join the store of {snap.model_version!r}")
+        if model_version is not None and model_version != snap.version.name:
+            raise ValueError(f"rows scored by {model_version!r} cannot join the store of {snap.version.name!r}")
         if len(image_ids) == 0:
             return 0
-        table = ft.feature_table(list(image_ids), features, snap.model_version, errors)
-        name = f"{ft.PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
-        ft.write_atomic(self._fs, ft.join(ft.online_dir(self._root, snap.model_version), name),
-                        ft.parquet_bytes(table, crop_policy="online"))
+        table = feature_table(list(image_ids), features, snap.version.name, errors)
+        name = snap.version.write_online(table)
         with self._lock:
             current = self._snap
-            if current.model_version == snap.model_version:
+            if current.version.name == snap.version.name:
                 self._snap = self._with_online(current, current.online_files | {name}, table)
         return table.num_rows
 
@@ -276,27 +348,22 @@ class FeatureStore:
             names = sorted(snap.online_files)
             if len(names) < 2:
                 return 0
-            directory = ft.online_dir(self._root, snap.model_version)
-            table = self._read_online(directory, names)
-            merged = f"{ft.PART_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:12]}-merged.parquet"
-            ft.write_atomic(self._fs, ft.join(directory, merged), ft.parquet_bytes(table, "online"))
-            for name in names:
-                self._fs.delete_file(ft.join(directory, name))
+            merged, rows = snap.version.compact_online(names)
             empty = snap.online_rows.schema.empty_table()
-            self._snap = self._with_online(snap, frozenset({merged}), table, replace=empty)
+            self._snap = self._with_online(snap, frozenset({merged}), rows, replace=empty)
             return len(names)
 
     # ------------------------------------------------------------------ versions
     def refresh(self) -> bool:
-        """Reload when CURRENT points elsewhere or the version's manifest changed (re-run).
+        """Reload when the current version changed or this version's manifest did (a re-run).
 
         The new version is loaded completely before one reference swap: lookups running meanwhile
         see the old version whole, later ones the new version whole. Returns True if it switched.
         """
         snap = self._snap
-        version = ft.current_version(self._root, self._fs) if self._follow_current else snap.model_version
-        digest = ft.read_manifest(self._root, version, self._fs)["digest"]
-        if version == snap.model_version and digest == snap.digest:
+        version = self.table.current if self._follow_current else snap.version
+        digest = version.manifest()["digest"]
+        if version.name == snap.version.name and digest == snap.digest:
             self._refresh_online(snap, force=True)
             return False
         new = self._load(version)
@@ -308,91 +375,51 @@ class FeatureStore:
         self._snap = None
 
     # ------------------------------------------------------------------ loading
-    def _load(self, version: str) -> _Snapshot:
-        manifest = ft.read_manifest(self._root, version, self._fs)
+    def _load(self, version: Version) -> _Snapshot:
+        manifest = version.manifest()
         batch = self._open_index(version, manifest)
-        empty_rows = ft.FEATURE_SCHEMA.empty_table()
-        empty = _Segment(ft.index_table(empty_rows, "", version))
+        empty_rows = FEATURE_SCHEMA.empty_table()
+        empty = _Segment(index_table(empty_rows, "", version.name))
         snap = _Snapshot(version, manifest["digest"], batch, empty_rows, empty, frozenset(), 0)
         return self._refresh_online(snap, install=False, force=True)
 
-    def _open_index(self, version: str, manifest: Mapping) -> _Segment:
-        path = ft.join(ft.version_dir(self._root, version), ft.INDEX_NAME)
-        segment = self._read_index(path, manifest["digest"])
-        if segment is not None:
-            return segment
-        table = ft.read_parts(self._root, version, [p["name"] for p in manifest["parts"]], filesystem=self._fs)
-        index = ft.index_table(table, manifest["digest"], version)
-        if ft.is_local(self._fs):
+    def _open_index(self, version: Version, manifest: Mapping) -> _Segment | _Ranges:
+        opened = version.open_index(manifest["digest"])
+        if opened is None and self.table.is_local:
             try:
-                ft.write_index(self._root, version, self._fs, manifest)
+                version.build_index()
             except OSError:
-                return _Segment(index)  # a read-only root: serve from memory
-            segment = self._read_index(path, manifest["digest"])
-            if segment is not None:
-                return segment
-        return _Segment(index)
+                pass  # a read-only root: serve from memory
+            opened = version.open_index(manifest["digest"])
+        if opened is not None:
+            return _index_segment(*opened)
+        return _Segment(index_table(version.read(), manifest["digest"], version.name))
 
-    def _read_index(self, path: str, digest: str) -> _Segment | None:
-        try:
-            if ft.is_local(self._fs):
-                source = pa.memory_map(ft._local_path(self._fs, path), "r")
-            else:
-                source = pa.BufferReader(ft.read_bytes(self._fs, path))
-        except (FileNotFoundError, OSError):
-            return None
-        reader = pa.ipc.open_file(source)
-        meta = reader.schema.metadata or {}
-        if meta.get(ft.META_MANIFEST_DIGEST, b"").decode() != digest or "hash" not in reader.schema.names:
-            return None  # built for an earlier manifest of this version (or an older layout)
-        return _Segment(reader.read_all(), source)
-
-    def _list_online(self, version: str) -> frozenset[str]:
-        directory = ft.online_dir(self._root, version)
-        infos = self._fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
-        return frozenset(i.base_name for i in infos if i.type == pafs.FileType.File
-                         and i.base_name.startswith(ft.PART_PREFIX) and i.base_name.endswith(".parquet"))
-
-    def _read_online(self, directory: str, names: Sequence[str]) -> pa.Table:
-        tables = []
-        for name in names:
-            try:
-                table = pq.read_table(ft.join(directory, name), filesystem=self._fs,
-                                      columns=list(ft.FEATURE_COLUMNS))
-            except FileNotFoundError:
-                continue  # merged away by a concurrent compaction: its rows are in the merged file
-            tables.append(ft.check_table(table).replace_schema_metadata(None))
-        return pa.concat_tables(tables) if tables else ft.FEATURE_SCHEMA.empty_table()
-
-    def _online_unchanged(self, version: str) -> bool:
+    def _online_unchanged(self, version: Version) -> bool:
         """Cheap check before listing the online rows. A local directory's mtime moves whenever a
         file is renamed in or removed (a stamp younger than 0.1 s is not trusted: mtimes are only
         as fine as the kernel's clock tick); object storage is re-listed every `online_poll_s`."""
-        previous = self._online_stamp.get(version)
-        if not ft.is_local(self._fs):
+        previous = self._online_stamp.get(version.name)
+        stamp = version.online_stamp()
+        if stamp is None:
             now = time.monotonic()
             if previous is not None and now - previous < self.online_poll_s:
                 return True
-            self._online_stamp[version] = now
+            self._online_stamp[version.name] = now
             return False
-        try:
-            stamp = os.stat(ft._local_path(self._fs, ft.online_dir(self._root, version))).st_mtime_ns
-        except FileNotFoundError:
-            stamp = 0
         settled = time.time_ns() - stamp > 100_000_000
-        self._online_stamp[version] = stamp if settled else None
+        self._online_stamp[version.name] = stamp if settled else None
         return previous is not None and previous == stamp
 
     def _refresh_online(self, snap: _Snapshot, install: bool = True, force: bool = False) -> _Snapshot:
         """Pick up online files written since `snap` (by any process)."""
-        if not force and self._online_unchanged(snap.model_version):
+        if not force and self._online_unchanged(snap.version):
             return snap
-        names = self._list_online(snap.model_version)
+        names = snap.version.online_files()
         new_names = sorted(names - snap.online_files)
         if not new_names:
             return snap
-        directory = ft.online_dir(self._root, snap.model_version)
-        new = self._with_online(snap, snap.online_files | names, self._read_online(directory, new_names))
+        new = self._with_online(snap, snap.online_files | names, snap.version.read_online(new_names))
         if install:
             with self._lock:
                 if self._snap is snap:
@@ -404,9 +431,9 @@ class FeatureStore:
         rows = replace if replace is not None else snap.online_rows
         if added is not None and added.num_rows:
             rows = pa.concat_tables([rows, added.replace_schema_metadata(None)])
-        online = _Segment(ft.index_table(rows, "", snap.model_version))
+        online = _Segment(index_table(rows, "", snap.version.name))
         new_ids = online.n
         if online.n and snap.batch.n:
             in_batch, _ = snap.batch.find(pa.array(online.ids(), pa.string()))
             new_ids = int((~in_batch).sum())
-        return _Snapshot(snap.model_version, snap.digest, snap.batch, rows, online, frozenset(names), new_ids)
+        return _Snapshot(snap.version, snap.digest, snap.batch, rows, online, frozenset(names), new_ids)

@@ -7,13 +7,14 @@ import time
 
 import numpy as np
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from export.preprocess import DECODE_ERROR_REASONS, decode
 from pam.commands import features as features_command
 from serving import feature_table as ft
-from serving.batch.job import JobConfig, _ScorerRegistry, plan_resources, run_job, steady_rate
-from serving.feature_table.store import FeatureStore
+from serving.batch.job import JobConfig, plan_resources, run_job, steady_rate
+from serving.feature_table import FeatureStore, FeatureTable
 from serving.scoring.backends import OnnxRuntimeBackend
 from tests.batch.conftest import make_photo_folder, write_photo
 
@@ -47,9 +48,11 @@ def test_folder_job_scores_every_photo_once_and_resumes(local_ray, tiny_onnx_mod
     stages = " | ".join(summary["ray_stages"])  # decode tasks and scoring actors stay separate stages
     assert "MapBatches(read_and_decode)" in stages and "MapBatches(Scorer)" in stages and "->" not in stages
     assert features_command.exit_code(summary) == 1  # a failed row makes the job's status non-zero
-    assert ft.current_version(str(out)) == "tiny-test-0"
-
-    table = ft.read_version(str(out))
+    table = FeatureTable(out)
+    assert table.current_name == "tiny-test-0"
+    assert summary["scorers_released"] and summary["scorers_released"][0]["alive"] == []
+    version = table.version("tiny-test-0")
+    table = table.read()
     index, columns = rows_by_id(table)
     assert sorted(index) == sorted(all_ids) and table.num_rows == len(all_ids)  # one row per photo
     errors = {i: columns["error"][index[i]] for i in all_ids if columns["error"][index[i]]}
@@ -62,19 +65,20 @@ def test_folder_job_scores_every_photo_once_and_resumes(local_ray, tiny_onnx_mod
     rows = [index[i] for i in good]
     for name in ("aes_score", "aes_feat", "attributes", "content"):
         np.testing.assert_allclose(columns[name][rows], expected[name], rtol=0, atol=1e-5)
-    for name in ft.list_part_files(str(out), "tiny-test-0"):
-        meta = ft.file_metadata(str(out / "tiny-test-0" / name))
-        assert meta["pam.model_version"] == "tiny-test-0" and meta["pam.crop_policy"] == "tiny-test-whole-image"
+    assert version.staged_parts() == []
+    for name in version.parts():
+        meta = pq.read_schema(out / "model_version=tiny-test-0" / name).metadata
+        assert meta[b"pam.model_version"] == b"tiny-test-0" and meta[b"pam.crop_policy"] == b"tiny-test-whole-image"
     assert summary["table"]["files"] == 3  # 43 rows at 16 per file, not one file per batch
 
     found, missing = FeatureStore.open(str(out)).lookup(["set1/café-ü.jpg", "bad/empty.jpg", "nope"])
     assert found.image_ids == ["set1/café-ü.jpg"] and missing == ["nope"] and "bad/empty.jpg" in found.failed
 
     # a re-run is idempotent: nothing is scored again, the version stands as it was
-    manifest = ft.read_manifest(str(out), "tiny-test-0")
+    manifest = version.manifest()
     again = run_job(config)
     assert again["processed"] == 0 and again["already_written"] == 43
-    assert ft.read_manifest(str(out), "tiny-test-0")["digest"] == manifest["digest"]
+    assert version.manifest()["digest"] == manifest["digest"]
 
     # new photos join on the next run; only they are scored
     rng = np.random.default_rng(7)
@@ -82,8 +86,8 @@ def test_folder_job_scores_every_photo_once_and_resumes(local_ray, tiny_onnx_mod
         write_photo(folder / "later" / f"new-{i}.jpg", rng)
     more = run_job(config)
     assert more["processed"] == 5 and more["table"]["rows"] == 48
-    index, _ = rows_by_id(ft.read_version(str(out)))
-    assert len(index) == 48 and ft.read_version(str(out)).num_rows == 48
+    index, _ = rows_by_id(version.read())
+    assert len(index) == 48 and version.read().num_rows == 48
 
 
 def test_manifest_with_caller_ids_lists_photos_twice(local_ray, tiny_onnx_model, photo_folder, tmp_path):
@@ -95,8 +99,8 @@ def test_manifest_with_caller_ids_lists_photos_twice(local_ray, tiny_onnx_model,
     summary = run_job(JobConfig(inputs=str(manifest), out=str(out), backend=f"onnx:{tiny_onnx_model}",
                                 batch_size=4, progress=False, promote=False))
     assert summary["complete"] and summary["rows_ok"] == 12 and summary["rows_failed"] == 0
-    assert not (out / "CURRENT").exists()  # --no-promote
-    index, columns = rows_by_id(ft.read_version(str(out), "tiny-test-0"))
+    assert not (out / ft.CURRENT_NAME).exists()  # --no-promote
+    index, columns = rows_by_id(FeatureTable(out).read("tiny-test-0"))
     for i in good:
         np.testing.assert_array_equal(columns["aes_feat"][index[f"rep0/{i}"]], columns["aes_feat"][index[f"rep1/{i}"]])
 
@@ -119,8 +123,10 @@ def test_object_storage_in_and_out(local_ray, tiny_onnx_model, s3_server, tmp_pa
                                 input_filesystem=s3, output_filesystem=s3, progress=False))
     assert summary["complete"] and summary["listed"] == len(ids) and summary["rows_failed"] == 3
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="photos", Prefix="features/")["Contents"]}
-    assert {"features/CURRENT", "features/tiny-test-0/_MANIFEST.json", "features/tiny-test-0/_index.arrow"} <= keys
-    table = ft.read_version("photos/features", filesystem=s3)
+    version = "features/model_version=tiny-test-0"
+    assert {"features/_CURRENT.json", f"{version}/_MANIFEST.json", f"{version}/_index.arrow"} <= keys
+    assert not [k for k in keys if k.startswith("features/_staging/") and k.endswith(".parquet")]
+    table = FeatureTable("photos/features", s3).read()
     assert sorted(table.column("image_id").to_pylist()) == sorted(ids)
     good = [i for i in ids if not i.startswith("bad/")]
     store = FeatureStore.open("photos/features", filesystem=s3)
@@ -138,7 +144,7 @@ def test_real_photos_match_direct_scoring(local_ray, tiny_onnx_model, shared_pho
     summary = run_job(JobConfig(inputs=str(manifest), out=str(tmp_path / "out"), backend=str(tiny_onnx_model),
                                 progress=False))
     assert summary["rows_ok"] == 48 and summary["rows_failed"] == 0
-    index, columns = rows_by_id(ft.read_version(str(tmp_path / "out")))
+    index, columns = rows_by_id(FeatureTable(tmp_path / "out").read())
     expected = expected_features(tiny_onnx_model, shared_photos, names)
     np.testing.assert_allclose(columns["aes_feat"][[index[n] for n in names]], expected["aes_feat"], atol=1e-5)
 
@@ -175,7 +181,7 @@ def test_job_through_a_real_triton_server(local_ray, tiny_onnx_model, triton_ser
                                 batch_size=4, progress=False))
     assert summary["complete"] and summary["plan"]["actors"] >= 2  # light client actors
     assert (summary["rows_ok"], summary["rows_failed"]) == (40, 3)
-    index, columns = rows_by_id(ft.read_version(str(out)))
+    index, columns = rows_by_id(FeatureTable(out).read())
     good = [i for i in ids if not i.startswith("bad/")]
     expected = expected_features(tiny_onnx_model, folder, good)
     # another ONNX Runtime build in the server: float32 sums over 196k pixels differ slightly
@@ -198,7 +204,7 @@ def test_a_stalled_pipeline_is_shut_down_and_the_job_resumes(local_ray, slow_onn
     resumed = run_job(JobConfig(inputs=str(folder), out=str(out), backend=str(slow_onnx_model), batch_size=8,
                                 decode_batch=8, rows_per_file=8, progress=False))
     assert resumed["complete"] and resumed["already_written"] == len(ids) - stalled["remaining"]
-    written = ft.read_version(str(out), "tiny-test-0").column("image_id").to_pylist()
+    written = FeatureTable(out).read("tiny-test-0").column("image_id").to_pylist()
     assert sorted(written) == sorted(ids)
 
 
@@ -209,39 +215,3 @@ def test_steady_rate_is_the_middle_of_the_run():
                [(12.3, 110), (12.4, 120)]
     assert steady_rate(arrivals) == pytest.approx(10.0)
     assert steady_rate(arrivals[:2]) is None  # too few batches to tell
-
-
-def test_scorer_registry_kills_the_actors_of_its_pipeline_only(local_ray):
-    import ray
-
-    @ray.remote(num_cpus=0, max_restarts=0)
-    class Filed:
-        def __init__(self, registry):
-            registry.add_current_actor()
-
-        def ping(self):
-            return "pong"
-
-    ours, other = _ScorerRegistry(), _ScorerRegistry()
-    actors = [Filed.remote(ours), Filed.remote(ours)]
-    bystander = Filed.remote(other)
-    assert ray.get([a.ping.remote() for a in [*actors, bystander]]) == ["pong"] * 3
-    assert ours.kill_all() == 2
-    for actor in actors:  # ray.kill is asynchronous: a call sent at once may still be answered
-        assert _dies_within(actor, 30.0)
-    assert ray.get(bystander.ping.remote(), timeout=30) == "pong"
-    assert ours.kill_all() == 0  # the keys go with the actors
-    assert other.kill_all() == 1
-
-
-def _dies_within(actor, seconds: float) -> bool:
-    import ray
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            ray.get(actor.ping.remote(), timeout=seconds)
-        except ray.exceptions.RayActorError:
-            return True
-        time.sleep(0.2)
-    return False

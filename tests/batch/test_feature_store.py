@@ -18,16 +18,21 @@ from tests.batch.test_feature_table import make_rows
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def publish(root, version, rng, n=200, prefix="img", failed=(), parts=2, current=True):
+def publish(root, version, rng, n=200, prefix="img", failed=(), parts=2, current=True,
+            memory_bytes=ft.DEFAULT_MEMORY_BYTES):
     ids, features, errors = make_rows(n, rng, prefix=prefix, failed=failed)
     table = ft.feature_table(ids, features, version, errors)
-    step = -(-n // parts)
-    infos = [ft.write_part(str(root), table.slice(i, step)) for i in range(0, n, step)]
-    ft.write_manifest(str(root), version, infos, crop_policy="test")
-    ft.write_index(str(root), version)
-    if current:
-        ft.set_current(str(root), version)
+    ft.FeatureTable(root).write_version(table, crop_policy="test", promote=current, rows_per_file=-(-n // parts),
+                                       memory_bytes=memory_bytes)
     return ids, features
+
+
+def patch_hashes(monkeypatch, hashes):
+    """Replace the id hash everywhere the table computes it (index builders and lookups)."""
+    from serving.feature_table import index, schema, store
+
+    for module in (index, schema, store):
+        monkeypatch.setattr(module, "key_hashes", hashes)
 
 
 def test_lookup_returns_rows_in_order_asked(tmp_path, rng):
@@ -58,14 +63,17 @@ def test_index_is_memory_mapped(tmp_path, rng):
 
 def test_stale_or_missing_index_is_rebuilt(tmp_path, rng):
     ids, _ = publish(tmp_path, "v1", rng, n=20)
-    (tmp_path / "v1" / ft.INDEX_NAME).unlink()
+    index = tmp_path / "model_version=v1" / ft.INDEX_NAME
+    index.unlink()
     assert FeatureStore.open(str(tmp_path)).lookup([ids[5]])[0].image_ids == [ids[5]]
-    assert (tmp_path / "v1" / ft.INDEX_NAME).exists()
-    # a re-run adds a part and rewrites the manifest: the old index no longer matches it
+    assert index.exists()
+    # a manifest rewritten by hand (a part added): the old index no longer matches it
+    saved = index.read_bytes()
     more_ids, features, errors = make_rows(5, rng, prefix="more")
-    extra = ft.write_part(str(tmp_path), ft.feature_table(more_ids, features, "v1", errors))
-    parts = [ft.PartInfo(**p) for p in ft.read_manifest(str(tmp_path), "v1")["parts"]]
-    ft.write_manifest(str(tmp_path), "v1", [*parts, extra])
+    version = ft.FeatureTable(tmp_path).version("v1")
+    version.write_part(ft.feature_table(more_ids, features, "v1", errors))
+    version.finalize(rows_per_file=10)
+    index.write_bytes(saved)
     store = FeatureStore.open(str(tmp_path))
     assert len(store) == 25 and store.lookup([more_ids[2]])[1] == []
 
@@ -73,9 +81,10 @@ def test_stale_or_missing_index_is_rebuilt(tmp_path, rng):
 def test_duplicate_rows_are_served_once(tmp_path, rng):
     ids, features, errors = make_rows(10, rng)
     table = ft.feature_table(ids, features, "v1", errors)
-    parts = [ft.write_part(str(tmp_path), table, name="part-a.parquet"),
-             ft.write_part(str(tmp_path), table.slice(0, 4), name="part-b.parquet")]
-    ft.write_manifest(str(tmp_path), "v1", parts)
+    version = ft.FeatureTable(tmp_path).version("v1")
+    version.write_part(table, name="part-a.parquet")
+    version.write_part(table.slice(0, 4), name="part-b.parquet")
+    version.finalize()
     store = FeatureStore.open(str(tmp_path), model_version="v1")
     assert len(store) == 10 and len(store.lookup(ids)[0]) == 10
 
@@ -109,7 +118,7 @@ def test_online_rows_are_persisted_and_visible_to_other_processes(tmp_path, rng)
     assert found.failed == {"bad-upload.jpg": "not_an_image: no decoder recognises these bytes"}
     # compaction keeps every row and leaves one file
     assert store.compact_online() == 3  # files merged
-    assert len(list((tmp_path / "online" / "v1").iterdir())) == 1
+    assert len(list((tmp_path / "_online" / "model_version=v1").iterdir())) == 1
     assert len(other.lookup([*new_ids, "from-another-process.jpg"])[0]) == 4
     assert len(FeatureStore.open(str(tmp_path))) == 25
 
@@ -134,7 +143,7 @@ def test_version_switch_is_atomic_and_rolls_back(tmp_path, rng):
 
     thread = threading.Thread(target=reader)
     thread.start()
-    ft.set_current(str(tmp_path), "v2")
+    ft.FeatureTable(tmp_path).set_current("v2")
     assert store.refresh() is True
     stop.set()
     thread.join()
@@ -144,13 +153,13 @@ def test_version_switch_is_atomic_and_rolls_back(tmp_path, rng):
     assert pinned.refresh() is False and pinned.model_version == "v1"
     with pytest.raises(ValueError, match="cannot join"):
         store.add_online(["x"], None, errors=["e"], model_version="v1")
-    ft.rollback(str(tmp_path))
+    ft.FeatureTable(tmp_path).rollback()
     assert store.refresh() is True and store.model_version == "v1"
 
 
 def test_open_refuses_incomplete_versions(tmp_path, rng):
     ids, features, errors = make_rows(5, rng)
-    ft.write_part(str(tmp_path), ft.feature_table(ids, features, "v1", errors))
+    ft.FeatureTable(tmp_path).version("v1").write_part(ft.feature_table(ids, features, "v1", errors))
     with pytest.raises(ft.IncompleteVersionError):
         FeatureStore.open(str(tmp_path), model_version="v1")
     with pytest.raises(ft.NoCurrentVersionError):
@@ -159,7 +168,7 @@ def test_open_refuses_incomplete_versions(tmp_path, rng):
 
 def test_hash_collisions_are_resolved_by_key(tmp_path, rng, monkeypatch):
     """With a hash that collides for every id, lookups must still be exact (the key decides)."""
-    monkeypatch.setattr(ft, "key_hashes", lambda keys: np.full(len(keys), 7, np.uint64))
+    patch_hashes(monkeypatch, lambda keys: np.full(len(keys), 7, np.uint64))
     ids, features = publish(tmp_path, "v1", rng, n=30)
     store = FeatureStore.open(str(tmp_path))
     asked = [ids[29], "img/nope.jpg", ids[0], ids[17]]
@@ -187,15 +196,17 @@ def test_store_benchmark_approaches_agree_at_small_size(tmp_path):
         assert getattr(bench, f"_bench_{approach}")(str(tmp_path), queries, 2, reference)["lookup_ms"] > 0
 
 
-@pytest.mark.parametrize("coarse", [False, True])
-def test_lookups_agree_with_a_dict(tmp_path, rng, monkeypatch, coarse):
+@pytest.mark.parametrize("coarse,ranges", [(False, False), (True, False), (False, True), (True, True)])
+def test_lookups_agree_with_a_dict(tmp_path, rng, monkeypatch, coarse, ranges):
     """Many ids, present and absent, against a plain dict; `coarse` makes hashes collide in
-    groups (full buckets, equal hashes across different keys) to exercise every probe path."""
+    groups (full buckets, equal hashes across different keys) to exercise every probe path;
+    `ranges` builds the index under a tiny memory budget, as several record batches."""
     if coarse:
         real = ft.key_hashes
-        monkeypatch.setattr(ft, "key_hashes", lambda keys: (real(keys) % np.uint64(97)) << np.uint64(57))
-    ids, features = publish(tmp_path, "v1", rng, n=3000)
+        patch_hashes(monkeypatch, lambda keys: (real(keys) % np.uint64(97)) << np.uint64(57))
+    ids, features = publish(tmp_path, "v1", rng, n=3000, memory_bytes=200_000 if ranges else ft.DEFAULT_MEMORY_BYTES)
     store = FeatureStore.open(str(tmp_path))
+    assert (type(store._snap.batch).__name__ == "_Ranges") == ranges
     row_of = {image_id: k for k, image_id in enumerate(ids)}
     asked = [ids[k] for k in rng.choice(3000, 700, replace=False)] + [f"absent/{k}.jpg" for k in range(300)]
     asked = [asked[k] for k in rng.permutation(len(asked))]

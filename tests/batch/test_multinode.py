@@ -53,10 +53,13 @@ def test_node_killed_mid_job_leaves_exactly_one_row_per_photo(cluster, slow_onnx
     assert "MapBatches(read_and_decode)" in stages and "MapBatches(Scorer)" in stages and "->" not in stages
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # head + the surviving worker
     assert summary["complete"], summary
-    table = ft.read_version(str(tmp_path / "out"), "tiny-test-0")
+    table = ft.FeatureTable(tmp_path / "out").read("tiny-test-0")
     written = table.column("image_id").to_pylist()
     assert len(written) == len(set(written)) == len(ids) and set(written) == set(ids)
     assert summary["table"]["rows_failed"] == 3
+    # after each attempt (failed or not) the job waited for exactly its scoring actors to die
+    released = summary["scorers_released"]
+    assert len(released) == summary["attempts"] and all(r["alive"] == [] for r in released), released
     # no scoring actor (Ray Data's MapWorker) outlives the job: each pipeline's are killed
     alive = [a for a in ray._private.state.actors().values()
              if "MapWorker" in a["ActorClassName"] and a["State"] != "DEAD"]

@@ -28,7 +28,7 @@ def start(args, env=None):
 def wait_for_parts(out: Path, version: str, count: int, process, timeout=120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if len(ft.list_part_files(str(out), version)) >= count:
+        if len(ft.FeatureTable(out).version(version).staged_parts()) >= count:
             return
         if process.poll() is not None:
             pytest.fail(f"the job ended before it could be interrupted:\n{process.stderr.read()[-3000:]}")
@@ -60,10 +60,12 @@ def test_interrupted_runs_resume_to_exactly_one_row_per_photo(tmp_path, slow_onn
     _, stderr = job.communicate(timeout=120)
     reap(job)
     assert job.returncode != 0 and "run the same command again to resume" in stderr
-    assert not ft.is_complete(str(out), version)
+    staged = ft.FeatureTable(out).version(version)
+    assert not staged.is_complete() and staged.parts() == []  # nothing an engine would read
     with pytest.raises(ft.IncompleteVersionError):
-        ft.read_version(str(out), version)
-    after_sigint = ft.list_part_files(str(out), version)
+        staged.read()
+    assert not (out / "_staging" / f"model_version={version}" / "_LOCK.json").exists()  # released on Ctrl-C
+    after_sigint = staged.staged_parts()
 
     # SIGKILL of the driver: no chance to clean up
     job = start(args)
@@ -71,9 +73,10 @@ def test_interrupted_runs_resume_to_exactly_one_row_per_photo(tmp_path, slow_onn
     os.kill(job.pid, signal.SIGKILL)
     job.wait(30)
     reap(job)
-    killed_rows = ft.read_parts(str(out), version, ft.list_part_files(str(out), version), ["image_id"]).num_rows
+    killed_rows = staged.read_written(["image_id"]).num_rows
     assert 0 < killed_rows < len(ids)
-    assert not ft.is_complete(str(out), version)
+    assert not staged.is_complete()
+    assert (out / "_staging" / f"model_version={version}" / "_LOCK.json").exists()  # the killed job's lock
 
     job = start([*args, "--json"])
     stdout, stderr = job.communicate(timeout=300)
@@ -82,13 +85,13 @@ def test_interrupted_runs_resume_to_exactly_one_row_per_photo(tmp_path, slow_onn
     assert job.returncode == 1, stderr[-3000:]  # complete, but three photos are bad
     assert summary["complete"] and summary["already_written"] == killed_rows
     assert summary["processed"] == len(ids) - killed_rows
-    table = ft.read_version(str(out), version)
+    table = staged.read()
     written = table.column("image_id").to_pylist()
     assert len(written) == len(set(written)) == len(ids) and set(written) == set(ids)
     assert summary["table"]["rows_failed"] == 3
-    assert not [p for p in (out / version).iterdir() if p.name.startswith(ft.TMP_MARK)]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")] and staged.staged_parts() == []
     # sensible files: the small parts that interruptions flushed were merged at the end
-    sizes = [p["rows"] for p in ft.read_manifest(str(out), version)["parts"]]
+    sizes = [p["rows"] for p in staged.manifest()["parts"]]
     assert sum(sizes) == len(ids) and all(size <= 16 for size in sizes)
     assert sum(size < 8 for size in sizes) <= 1
 
@@ -113,5 +116,5 @@ def test_cli_reads_and_writes_object_storage_by_uri(tmp_path, tiny_onnx_model, s
     jpegs = sorted(i for i in ids if i.endswith(".jpg"))
     assert summary["listed"] == len(jpegs) and summary["rows_ok"] == len(jpegs)
     os.environ.update(S3_KEYS)
-    table = ft.read_version(f"s3://bucket/features{query}")
+    table = ft.FeatureTable(f"s3://bucket/features{query}").read()
     assert sorted(table.column("image_id").to_pylist()) == jpegs

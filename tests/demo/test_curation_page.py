@@ -45,9 +45,7 @@ def _photos_and_features(tmp: Path) -> dict:
                 "attributes": np.tanh(rng.normal(0, 0.6, (N_PHOTOS, N_ATTRIBUTES))),
                 "content": content}
     root = tmp / "features"
-    part = ft.write_part(str(root), ft.feature_table(ids, features, VERSION))
-    ft.write_manifest(str(root), VERSION, [part])
-    ft.set_current(str(root), VERSION)
+    ft.FeatureTable(root).write_version(ft.feature_table(ids, features, VERSION))
     return {"ids": ids, "photos": photos, "features_root": root, **features}
 
 

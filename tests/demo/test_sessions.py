@@ -34,9 +34,7 @@ def service(tmp_path_factory):
                 "attributes": np.tanh(rng.normal(0, 0.7, (N, N_ATTRIBUTES))),
                 "content": rng.dirichlet(np.ones(N_CONTENT), N)}
     root = tmp / "features"
-    part = ft.write_part(str(root), ft.feature_table(ids, features, "sessions-test-0"))
-    ft.write_manifest(str(root), "sessions-test-0", [part])
-    ft.set_current(str(root), "sessions-test-0")
+    ft.FeatureTable(root).write_version(ft.feature_table(ids, features, "sessions-test-0"))
     runtime = LocalRuntime({"feature_root": str(root), "user_store": f"sqlite:///{tmp / 'users.db'}"})
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=port, log_level="warning"))

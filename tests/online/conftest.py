@@ -75,9 +75,7 @@ def build_feature_root(tmp: Path, model_path: Path, seed: int = 7) -> dict:
     features = backend.score(np.stack([decode_file(photos / i) for i in ids]))
     root = tmp / "features"
     table = ft.feature_table(ids, features, backend.model_version)
-    part = ft.write_part(str(root), table, crop_policy="tiny-test-whole-image")
-    ft.write_manifest(str(root), backend.model_version, [part], crop_policy="tiny-test-whole-image")
-    ft.set_current(str(root), backend.model_version)
+    ft.FeatureTable(root).write_version(table, crop_policy="tiny-test-whole-image")
     return {"feature_root": str(root), "photos_root": str(photos), "model": str(model_path),
             "ids": ids, "extra": extra, "model_version": backend.model_version,
             "aes_score": dict(zip(ids, features["aes_score"].tolist(), strict=True))}
@@ -101,8 +99,7 @@ def second_version(feature_env, tmp_path_factory):
     photos = feature_env["photos_root"]
     features = backend.score(np.stack([decode_file(f"{photos}/{i}") for i in feature_env["ids"]]))
     table = ft.feature_table(feature_env["ids"], features, "tiny-test-1")
-    part = ft.write_part(feature_env["feature_root"], table)
-    ft.write_manifest(feature_env["feature_root"], "tiny-test-1", [part])
+    ft.FeatureTable(feature_env["feature_root"]).write_version(table, promote=False)
     return str(path)
 
 
