@@ -16,8 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(paths or URIs, optional ids), or an s3://bucket/prefix URI")
     parser.add_argument("--out", required=True, help="feature table root (local directory or s3://...)")
     parser.add_argument("--model", help="exported pam_features.onnx (default: the newest artifacts/models/*/)")
-    parser.add_argument("--backend", help="instead of --model: onnx:PATH, triton+http://HOST:PORT or "
-                                          "triton+grpc://HOST:PORT")
+    parser.add_argument("--backend", help="instead of --model: onnx:PATH, torch:EXPORT_DIR (CUDA on GPU "
+                                          "actors), triton+http://HOST:PORT or triton+grpc://HOST:PORT")
+    parser.add_argument("--gpu-decode", action="store_true",
+                        help="with --backend torch:...: decode JPEGs on the GPU (nvJPEG) in the scoring actors")
     parser.add_argument("--batch-size", type=int, default=128,
                         help="images per scoring call, a Ray Data task of the scoring actors (default 128)")
     parser.add_argument("--rows-per-file", type=int, default=None,
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> dict:
         rows_per_file=args.rows_per_file or DEFAULT_ROWS_PER_FILE, flush_s=args.flush_s or DEFAULT_FLUSH_S,
         actors=args.actors, threads=args.threads, num_cpus=args.num_cpus, ray_address=args.address,
         all_files=args.all_files, promote=not args.no_promote, max_attempts=args.max_attempts,
-        progress=not args.no_progress,
+        progress=not args.no_progress, gpu_decode=args.gpu_decode,
     )
     try:
         summary = run_job(config)
