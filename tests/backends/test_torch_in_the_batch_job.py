@@ -104,3 +104,25 @@ def test_gpu_decode_needs_the_torch_backend(tmp_path, tiny_onnx_model):
     with pytest.raises(ValueError, match="torch backend"):
         run_job(JobConfig(inputs=str(tmp_path), out=str(tmp_path / "out"), backend=str(tiny_onnx_model),
                           gpu_decode=True, progress=False))
+
+
+def test_a_real_job_with_the_torch_backend(export_dir, photo_rows, tmp_path):
+    """The whole job on a local Ray (2 CPUs, no GPU: the torch actor plans like ONNX Runtime's):
+    the same rows as the ONNX graph, the failures named."""
+    from serving import feature_table as ft
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in photo_rows["path"][:7]:  # the six photos and the broken file
+        (folder / path.rsplit("/", 1)[1]).write_bytes(open(path, "rb").read())
+    summary = run_job(JobConfig(inputs=str(folder), out=str(tmp_path / "out"), backend=f"torch:{export_dir}",
+                                batch_size=4, num_cpus=2, progress=False))
+    assert summary["complete"] and summary["rows_ok"] == 6 and summary["rows_failed"] == 1, summary
+    assert summary["plan"]["actor_gpus"] == 0.0
+    table = ft.read_version(str(tmp_path / "out")).to_pydict()
+    ok = [i for i, e in enumerate(table["error"]) if e is None]
+    ids = [table["image_id"][i] for i in ok]
+    from export.preprocess import decode_file
+
+    expected = OnnxRuntimeBackend(export_dir / "pam_features.onnx").score(np.stack([decode_file(folder / i) for i in ids]))
+    np.testing.assert_allclose(np.array([table["aes_feat"][i] for i in ok]), expected["aes_feat"], atol=1e-4)
