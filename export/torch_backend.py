@@ -176,6 +176,7 @@ class TorchBackend:
             p.requires_grad_(False)
         self._scorer = torch.compile(scorer, dynamic=False) if mode == "compile" else scorer
         self._graphs: dict[int, tuple] = {}  # bucket -> (graph, static input, static outputs)
+        self._pool = None
         self._lock = threading.Lock()  # one graph replay (and its static buffers) at a time
         self._closed = False
 
@@ -202,7 +203,11 @@ class TorchBackend:
                     self._forward(static)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            # one memory pool for every bucket: replays never overlap (the lock) and each
+            # replay's outputs are copied out before the next, so the graphs may reuse memory
+            with torch.cuda.graph(graph, pool=self._pool):
                 outputs = self._forward(static)
             entry = self._graphs[size] = (graph, static, outputs)
         return entry
