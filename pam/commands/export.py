@@ -1,7 +1,8 @@
 """`pam export RUN`: the fused five-crop graph of a trained run, as one ONNX file, checked.
 
-Writes into --out (default artifacts/models/<model_version>/): pam_features.onnx, model_card.md
-and model_card.json, optionally pam_features_int8.onnx (--int8) and pam_features.plan (TensorRT,
+Writes into --out (default artifacts/models/<model_version>/): pam_features.onnx,
+pam_features.safetensors (the same weights, for the torch backend), model_card.md and
+model_card.json, optionally pam_features_int8.onnx (--int8) and pam_features.plan (TensorRT,
 where it and a GPU exist), then fills a Triton model repository (--triton-flavor gpu: the
 repository's model_repository/; cpu: a Python-backend repository in --triton-repo).
 """
@@ -76,7 +77,10 @@ def _run(args: argparse.Namespace) -> dict:
     if len(images) >= 2:
         checks["feature_scale"] = feature_scale(ox.run_onnx(ox.ort_session(onnx_path), images))
     flops = ox.count_flops(onnx_path, batch=1)
-    files = {"onnx": str(onnx_path)}
+    from export.torch_backend import WEIGHTS_FILE, save_weights
+
+    files = {"onnx": str(onnx_path),  # the same weights for the torch backend (torch:OUT)
+             "torch_weights": str(save_weights(net, out / WEIGHTS_FILE, version))}
     if args.int8:
         _say("INT8: calibrating, quantizing, comparing with float32 ...")
         checks["int8"] = _int8(onnx_path, out / "pam_features_int8.onnx", images, args)

@@ -16,8 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(paths or URIs, optional ids), or an s3://bucket/prefix URI")
     parser.add_argument("--out", required=True, help="feature table root (local directory or s3://...)")
     parser.add_argument("--model", help="exported pam_features.onnx (default: the newest artifacts/models/*/)")
-    parser.add_argument("--backend", help="instead of --model: onnx:PATH, triton+http://HOST:PORT or "
-                                          "triton+grpc://HOST:PORT")
+    parser.add_argument("--backend", help="instead of --model: onnx:PATH, torch:EXPORT_DIR (CUDA on GPU "
+                                          "actors), triton+http://HOST:PORT or triton+grpc://HOST:PORT")
+    parser.add_argument("--gpu-decode", action="store_true",
+                        help="with --backend torch:...: decode JPEGs on the GPU (nvJPEG) in the scoring actors")
     parser.add_argument("--batch-size", type=int, default=128,
                         help="images per scoring call, a Ray Data task of the scoring actors (default 128)")
     parser.add_argument("--rows-per-file", type=int, default=None,
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
         actors=args.actors, threads=args.threads, num_cpus=args.num_cpus, ray_address=args.address,
         all_files=args.all_files, promote=not args.no_promote, max_attempts=args.max_attempts,
         progress=not args.no_progress, wait_for_lock_s=args.wait_for_lock,
-        finalize_memory_bytes=int(args.finalize_memory_gb * 1024**3),
+        finalize_memory_bytes=int(args.finalize_memory_gb * 1024**3), gpu_decode=args.gpu_decode,
     )
     try:
         summary = run_job(config)

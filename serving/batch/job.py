@@ -54,7 +54,7 @@ DEFAULT_FLUSH_S = 60.0         # at most this much scored work sits unwritten in
 class JobConfig:
     inputs: str
     out: str
-    backend: str                          # a model path, onnx:PATH, triton+http://..., triton+grpc://...
+    backend: str                          # a model path, onnx:PATH, torch:EXPORT_DIR, triton+http://..., triton+grpc://...
     batch_size: int = 128                 # images per scoring call (a Ray Data task of the actor pool)
     decode_batch: int | None = None       # images per decode task call (default: half a scoring batch)
     rows_per_file: int = DEFAULT_ROWS_PER_FILE
@@ -63,6 +63,7 @@ class JobConfig:
     threads: int | None = None            # ONNX Runtime intra-op threads per actor
     decode_cpus: float = 0.5              # CPU reservation of a decode task
     gpus_per_actor: float | None = None   # default 1 when the cluster has GPUs
+    gpu_decode: bool = False              # torch backend: JPEGs decoded by nvJPEG in the scoring actor
     read_threads: int = 8                 # concurrent reads per decode task (object storage latency)
     all_files: bool = False
     promote: bool = True                  # point CURRENT at the version once complete
@@ -101,6 +102,8 @@ def plan_resources(nodes: list[dict], backend_kind: str, actors: int | None = No
     that node's cores; it reserves half of them, so decode tasks always find CPU (on a 2-CPU
     machine two actors at num_cpus=1 would leave nothing for them, and the job would hang).
     GPU scoring: one actor per GPU. Triton: light client actors, the server does the work.
+    The torch backend (export.torch_backend) runs on a GPU actor where the cluster has GPUs and
+    plans like ONNX Runtime on a CPU-only cluster.
     """
     alive = [n for n in nodes if n.get("Alive", True)]
     node_cpus = [float(n["Resources"].get("CPU", 0)) for n in alive]
@@ -126,7 +129,9 @@ def plan_resources(nodes: list[dict], backend_kind: str, actors: int | None = No
 # ---------------------------------------------------------------- backends
 
 def backend_kind(spec: str) -> str:
-    return "triton" if spec.startswith("triton") else "onnx"
+    if spec.startswith("triton"):
+        return "triton"
+    return "torch" if spec.startswith("torch:") else "onnx"
 
 
 def open_feature_backend(spec: str, threads: int | None = None, max_batch_size: int = 32):
@@ -135,6 +140,10 @@ def open_feature_backend(spec: str, threads: int | None = None, max_batch_size: 
 
     if backend_kind(spec) == "triton":
         return open_backend(spec, max_batch_size=max_batch_size)
+    if backend_kind(spec) == "torch":  # CUDA where the actor was given a GPU, else CPU threads
+        if not os.path.exists(spec.removeprefix("torch:")):
+            raise FileNotFoundError(f"{spec.removeprefix('torch:')!r} does not exist (expected a pam export folder)")
+        return open_backend(spec, max_batch_size=max_batch_size, threads=threads)
     path = spec.removeprefix("onnx:")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model {path!r} does not exist (expected an exported pam_features.onnx)")
@@ -147,8 +156,9 @@ def open_feature_backend(spec: str, threads: int | None = None, max_batch_size: 
 # ---------------------------------------------------------------- pipeline stages (run on Ray)
 
 def read_and_decode(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem,
-                    read_threads: int = 8) -> dict[str, np.ndarray]:
-    """Rows (image_id, path) -> (image_id, pixels uint8[n, 256, 256, 3], error; "" when ok)."""
+                    read_threads: int = 8, decode_pixels: bool = True) -> dict[str, np.ndarray]:
+    """Rows (image_id, path) -> (image_id, pixels uint8[n, 256, 256, 3], error; "" when ok).
+    decode_pixels=False: (image_id, data: the encoded bytes, error), for decoding on the GPU."""
     from export.preprocess import WARP_SIZE, DecodeError, decode
 
     ids = np.asarray(batch["image_id"], dtype=object)
@@ -168,8 +178,13 @@ def read_and_decode(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem,
     workers = max(1, min(read_threads, len(paths)))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         contents = list(pool.map(read, paths))
-    pixels = np.zeros((len(ids), WARP_SIZE, WARP_SIZE, 3), np.uint8)
     errors = np.full(len(ids), "", dtype=object)
+    if not decode_pixels:
+        data = np.empty(len(ids), dtype=object)
+        for i, content in enumerate(contents):
+            data[i], errors[i] = (b"", content) if isinstance(content, str) else (content, "")
+        return {"image_id": ids, "data": data, "error": errors}
+    pixels = np.zeros((len(ids), WARP_SIZE, WARP_SIZE, 3), np.uint8)
     for i, data in enumerate(contents):
         if isinstance(data, str):
             errors[i] = data
@@ -186,13 +201,31 @@ def read_and_decode(batch: dict[str, np.ndarray], filesystem: pafs.FileSystem,
 class Scorer:
     """Ray Data actor: holds one feature backend and scores decoded batches."""
 
-    def __init__(self, backend_spec: str, threads: int | None, batch_size: int, registry=None):
+    def __init__(self, backend_spec: str, threads: int | None, batch_size: int, registry=None,
+                 gpu_decode: bool = False):
         if registry is not None:  # so the driver can kill this actor when its pipeline ends
             registry.add_current_actor()
         self.backend = open_feature_backend(backend_spec, threads=threads, max_batch_size=batch_size)
+        self.decoder = None
+        if gpu_decode:  # batches then carry encoded bytes ("data"), decoded here on the device
+            from export.gpu_decode import BatchDecoder
+
+            self.decoder = BatchDecoder(self.backend.device)
+
+    def _pixels(self, batch: dict[str, np.ndarray], errors: np.ndarray, ok: np.ndarray):
+        """The batch's decoded photos where ok (a tensor on the device when decoded there)."""
+        if self.decoder is None:
+            return np.asarray(batch["pixels"])[ok]
+        pixels, decode_errors = self.decoder(list(np.asarray(batch["data"], dtype=object)[ok]))
+        failed = np.array([bool(e) for e in decode_errors], bool)
+        if failed.any():
+            errors[np.flatnonzero(ok)[failed]] = [e for e in decode_errors if e]
+            ok[np.flatnonzero(ok)[failed]] = False
+            pixels = pixels[~failed]
+        return pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        errors = np.asarray(batch["error"], dtype=object)
+        errors = np.asarray(batch["error"], dtype=object).copy()
         ok = errors == ""
         n = len(errors)
         out = {"image_id": np.asarray(batch["image_id"], dtype=object),
@@ -200,11 +233,14 @@ class Scorer:
                "aes_feat": np.zeros((n, AES_FEAT_DIM), np.float32),
                "attributes": np.zeros((n, N_ATTRIBUTES), np.float32),
                "content": np.zeros((n, N_CONTENT), np.float32)}
+        pixels = self._pixels(batch, errors, ok) if ok.any() else None
         if ok.any():
             try:
-                scores = self.backend.score(np.asarray(batch["pixels"])[ok])
+                if isinstance(pixels, np.ndarray):
+                    scores = self.backend.score(pixels)
+                else:  # decoded on the device: scored there, only the rows come back
+                    scores = {k: v.cpu().numpy() for k, v in self.backend.score_tensor(pixels).items()}
             except Exception as exc:  # e.g. Triton refusing one batch: those rows fail, named
-                errors = errors.copy()
                 errors[ok] = f"scoring_failed: {type(exc).__name__}: {exc}"
             else:
                 for name in FEATURE_NAMES:
@@ -243,7 +279,11 @@ class RowSink:
 def run_job(config: JobConfig) -> dict:
     """Run (or resume) the job; returns the summary that `pam features` prints."""
     started = time.perf_counter()
-    probe = open_feature_backend(config.backend, threads=1, max_batch_size=config.batch_size)
+    if config.gpu_decode and backend_kind(config.backend) != "torch":
+        raise ValueError(f"gpu_decode needs the torch backend (torch:EXPORT_DIR), not {config.backend!r}")
+    # (torch's thread count is process-wide: the probe leaves the driver's alone)
+    probe = open_feature_backend(config.backend, threads=None if backend_kind(config.backend) == "torch" else 1,
+                                 max_batch_size=config.batch_size)
     model_version, crop_policy = probe.model_version, getattr(probe, "crop_policy", "") or ""
     probe.close()
     table = FeatureTable(config.out, config.output_filesystem)
@@ -367,7 +407,8 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, version: 
     block = min(512, max(2 * decode_batch, math.ceil(todo.num_rows / 10_000)))
     ds = ray.data.from_arrow([todo.slice(i, block) for i in range(0, todo.num_rows, block)])
     ds = ds.map_batches(read_and_decode, batch_size=decode_batch, batch_format="numpy",
-                        fn_kwargs={"filesystem": sources.filesystem, "read_threads": config.read_threads},
+                        fn_kwargs={"filesystem": sources.filesystem, "read_threads": config.read_threads,
+                                   "decode_pixels": not config.gpu_decode},
                         num_cpus=plan.decode_cpus,
                         # decode workers are recycled every 500 calls (what a leaking decoder can
                         # hold stays bounded); remote args unlike the actors' also keep decoding a
@@ -381,7 +422,8 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, version: 
     ds = ray_compat.map_batches_with_remote_args(
         ds, Scorer, ray_compat.SCORER_REMOTE_ARGS, batch_size=config.batch_size, batch_format="numpy",
         fn_constructor_kwargs={"backend_spec": config.backend, "threads": plan.threads,
-                               "batch_size": config.batch_size, "registry": registry},
+                               "batch_size": config.batch_size, "registry": registry,
+                               "gpu_decode": config.gpu_decode},
         compute=pool, num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus or None)
     sink = RowSink(version, crop_policy, config.rows_per_file, config.flush_s)
     bar = _progress(todo.num_rows, config.progress)

@@ -7,6 +7,8 @@ run it. Never imports torch. `open_backend(spec)` builds either from one string:
     onnx:/path/model.onnx              (or just /path/model.onnx)
     triton+http://127.0.0.1:8000       Triton's HTTP endpoint, model pam_features
     triton+grpc://127.0.0.1:8001/NAME  Triton's gRPC endpoint, model NAME
+    torch:/path/export-or-run          the graph in PyTorch (CUDA FP16 where a GPU is; CPU FP32
+                                       otherwise): export.torch_backend, imported only when asked
 """
 
 from __future__ import annotations
@@ -411,14 +413,19 @@ def _host_port(url: str) -> str:
     return f"{host}:{parsed.port}"
 
 
-BACKEND_SPECS = ("onnx:/path/model.onnx", "triton+http://HOST:PORT[/MODEL]", "triton+grpc://HOST:PORT[/MODEL]")
+BACKEND_SPECS = ("onnx:/path/model.onnx", "triton+http://HOST:PORT[/MODEL]", "triton+grpc://HOST:PORT[/MODEL]",
+                 "torch:/path/export-folder-or-run")
 
 
 def open_backend(spec: str | os.PathLike, **options) -> FeatureBackend:
     """A feature backend from one string (see the module docstring); options go to its class
-    (max_batch_size for both; intra_op_threads, parallel_sessions, spin for ONNX; timeout_s,
-    concurrency for Triton)."""
+    (max_batch_size for all; intra_op_threads, parallel_sessions, spin for ONNX; timeout_s,
+    concurrency for Triton; device, dtype, mode, threads for torch)."""
     text = os.fspath(spec)
+    if text.startswith("torch:"):
+        from export.torch_backend import TorchBackend  # torch only when asked for
+
+        return TorchBackend.open(text[len("torch:"):], **options)
     if text.startswith("onnx:"):
         return OnnxRuntimeBackend(text[len("onnx:"):], **options)
     if text.startswith(("triton+http://", "triton+grpc://", "triton://")):

@@ -42,7 +42,8 @@ def test_train_then_export_from_the_command_line(photo_set, tmp_path):
     assert exported["model_version"] in (repo / "pam_features" / "config.pbtxt").read_text()
     assert "not installed" in exported["tensorrt"]["reason"] or "not asked" in exported["tensorrt"]["reason"]
     assert sorted(p.name for p in model_dir.iterdir()) == ["model_card.json", "model_card.md",
-                                                            "pam_features.onnx"]
+                                                            "pam_features.onnx", "pam_features.safetensors"]
+    assert exported["files"]["torch_weights"] == str(model_dir / "pam_features.safetensors")
     card = json.loads((model_dir / "model_card.json").read_text())
     assert card["model_version"] == exported["model_version"]
     assert card["validation"]["aesthetics_spearman_rho"] == trained["stages"]["aesthetics"]["last"]["val_rho"]
