@@ -1,6 +1,6 @@
 """The fused five-crop graph in PyTorch: a feature backend for CUDA machines (and CPU, for tests).
 
-Same contract as serving.backends.OnnxRuntimeBackend: `score(uint8 [B, 256, 256, 3])` ->
+Same contract as serving.scoring.backends.OnnxRuntimeBackend: `score(uint8 [B, 256, 256, 3])` ->
 aes_score f32[B], aes_feat f32[B, 176], attributes f32[B, 10], content f32[B, 10]; also
 `score_tensor` for images already on the device (GPU decoding hands them over there).
 

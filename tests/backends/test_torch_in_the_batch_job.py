@@ -11,12 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from export import gpu_decode  # noqa: E402
-from export import onnx_export as ox  # noqa: E402
-from export.networks import create_model  # noqa: E402
-from export.torch_backend import WEIGHTS_FILE, save_weights  # noqa: E402
-from serving.backends import OnnxRuntimeBackend  # noqa: E402
-from serving.batch_job import (  # noqa: E402
+from serving.scoring.backends import OnnxRuntimeBackend  # noqa: E402
+from serving.batch.job import (  # noqa: E402
     JobConfig,
     Scorer,
     backend_kind,
@@ -24,6 +20,11 @@ from serving.batch_job import (  # noqa: E402
     read_and_decode,
     run_job,
 )
+
+from export import gpu_decode  # noqa: E402
+from export import onnx_export as ox  # noqa: E402
+from export.networks import create_model  # noqa: E402
+from export.torch_backend import WEIGHTS_FILE, save_weights  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -119,7 +120,7 @@ def test_a_real_job_with_the_torch_backend(export_dir, photo_rows, tmp_path):
                                 batch_size=4, num_cpus=2, progress=False))
     assert summary["complete"] and summary["rows_ok"] == 6 and summary["rows_failed"] == 1, summary
     assert summary["plan"]["actor_gpus"] == 0.0
-    table = ft.read_version(str(tmp_path / "out")).to_pydict()
+    table = ft.FeatureTable(str(tmp_path / "out")).read().to_pydict()
     ok = [i for i, e in enumerate(table["error"]) if e is None]
     ids = [table["image_id"][i] for i in ok]
     from export.preprocess import decode_file

@@ -10,6 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from serving.scoring.backends import FeatureBackend, OnnxRuntimeBackend, open_backend  # noqa: E402
+
 from export import onnx_export as ox  # noqa: E402
 from export.networks import create_model  # noqa: E402
 from export.torch_backend import (  # noqa: E402
@@ -21,7 +23,6 @@ from export.torch_backend import (  # noqa: E402
     save_weights,
     spearman,
 )
-from serving.backends import FeatureBackend, OnnxRuntimeBackend, open_backend  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
