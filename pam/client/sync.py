@@ -1,0 +1,83 @@
+"""`Client`: the API over one kept-alive httpx connection pool, with retries and failover."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import httpx
+
+from pam.client import _core
+from pam.client._core import (
+    RETRY,
+    RETRY_EXCEPTIONS,
+    ApiCalls,
+    Attempts,
+    BasePool,
+    Call,
+    RetryPolicy,
+)
+from pam.client.errors import ApiError, Timeout
+from pam.client.models import Ranking
+
+
+class Client(ApiCalls):
+    """A client of the personalization service.
+
+        client = Client("http://127.0.0.1:8000", api_key=None, timeout=10.0)
+        client.rate("ann", [("a.jpg", 4), ("b.jpg", 2)])
+        ranking = client.rerank("ann", candidate_ids)     # ranking.image_ids, ranking.scores
+
+    `base_url` may be a list (direct-ingress replicas): calls are spread over them and fail over to
+    another when one refuses, resets, or answers 429/503. `timeout` (seconds) bounds each phase
+    of a call (connect, send, wait for the reply); a call may override it. Thread-safe; reuses
+    connections; close it (or use `with`) when done.
+    """
+
+    def __init__(self, base_url: str | Sequence[str], api_key: str | None = None, timeout: float = 10.0, *,
+                 retries: int = 3, backoff: float = 0.05, max_backoff: float = 2.0, max_retry_after: float = 30.0,
+                 headers: dict | None = None, max_connections: int = 100, trust_env: bool = False):
+        self.pool = BasePool(base_url)
+        self.policy = RetryPolicy(retries, backoff, max_backoff, max_retry_after)
+        self.timeout = timeout
+        self._http = httpx.Client(headers=_core.client_headers(api_key, headers), timeout=timeout,
+                                  limits=httpx.Limits(max_connections=max_connections,
+                                                      max_keepalive_connections=max_connections),
+                                  trust_env=trust_env)
+
+    def _run(self, call: Call, timeout: float | None = None, retries: int | None = None) -> Any:
+        attempts = Attempts(self.pool, self.policy, retries)
+        kwargs = _core.request_kwargs(call, timeout)
+        while True:
+            index, wait = attempts.next()
+            if wait:
+                time.sleep(wait)
+            try:
+                response = self._http.request(call.method, self.pool.urls[index] + call.path, **kwargs)
+            except RETRY_EXCEPTIONS as exc:
+                attempts.failed_connecting(index, exc)
+                continue
+            except httpx.TimeoutException as exc:
+                raise Timeout(f"{call.method} {call.path}: no reply within the timeout ({exc})") from exc
+            result = attempts.reply(index, response, call)
+            if result is not RETRY:
+                return result
+
+    def rerank_many(self, queries: Iterable[Any], timeout: float | None = None) -> list[Ranking | ApiError]:
+        """The bulk endpoint: (user_id, candidates[, top_k]) tuples or {user_id, candidates|items,
+        top_k?} dicts -> one Ranking per query, in order; a query that failed (unknown user or
+        images) gets its ApiError in its place. More than 64 queries go in several requests."""
+        out: list[Ranking | ApiError] = []
+        for call in _core.bulk_calls(queries):
+            out.extend(self._run(call, timeout))
+        return out
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
