@@ -61,7 +61,9 @@ class RetryPolicy:
 
 class BasePool:
     """Base URLs (direct-ingress replicas, or one proxy): round robin from a random start, so
-    several clients spread their load; a URL that failed or asked to wait is skipped until then."""
+    several clients spread their load. A URL that failed to connect is tried after the others
+    for COOL_OFF_S; one that answered 429/503 with Retry-After is not retried before that time
+    (another URL may be). The first attempt of a call never waits."""
 
     COOL_OFF_S = 2.0  # after a connection error
 
@@ -74,32 +76,36 @@ class BasePool:
             if not u.startswith(("http://", "https://")):
                 raise ValueError(f"base URL {u!r} must start with http:// or https://")
         self._next = random.randrange(len(self.urls))
-        self._not_before = [0.0] * len(self.urls)
+        self._down_until = [0.0] * len(self.urls)  # connection errors: prefer the others
+        self._wait_until = [0.0] * len(self.urls)  # Retry-After: do not retry it before
         self._lock = threading.Lock()
 
-    def pick(self, avoid: int | None = None) -> tuple[int, float]:
+    def pick(self, avoid: int | None = None, retry: bool = False) -> tuple[int, float]:
         """(index of the URL to use, seconds to wait before using it)."""
         with self._lock:
             now = time.monotonic()
             n = len(self.urls)
             order = [(self._next + k) % n for k in range(n)]
             self._next = (self._next + 1) % n
-            ready = [i for i in order if self._not_before[i] <= now]
-            if avoid is not None and len(ready) > 1 and avoid in ready:
-                ready.remove(avoid)
-            if ready:
-                return ready[0], 0.0
-            i = min(order, key=lambda k: self._not_before[k])
-            return i, self._not_before[i] - now
+            if avoid is not None and n > 1:  # a retry goes elsewhere when it can
+                order.remove(avoid)
+                order.append(avoid)
+            index = min(order, key=lambda i: max(self._wait_until[i], self._down_until[i], now))
+            wait = self._wait_until[index] - now if retry else 0.0
+            return index, max(0.0, wait)
 
-    def hold(self, index: int, seconds: float) -> None:
+    def hold(self, index: int, seconds: float, down: bool = False) -> None:
         with self._lock:
-            self._not_before[index] = max(self._not_before[index], time.monotonic() + seconds)
+            until = time.monotonic() + seconds
+            if down:
+                self._down_until[index] = max(self._down_until[index], until)
+            else:
+                self._wait_until[index] = max(self._wait_until[index], until)
 
     def ok(self, index: int) -> None:
-        if self._not_before[index]:
+        if self._down_until[index] or self._wait_until[index]:
             with self._lock:
-                self._not_before[index] = 0.0
+                self._down_until[index] = self._wait_until[index] = 0.0
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -141,7 +147,7 @@ class Attempts:
         self.failures: list[str] = []
 
     def next(self) -> tuple[int, float]:
-        index, wait = self.pool.pick(avoid=self.last)
+        index, wait = self.pool.pick(avoid=self.last, retry=self.attempt > 0)
         if self.attempt and not wait:  # a retry: jitter, so clients that failed together spread out
             wait = self.policy.jitter(self.attempt - 1)
         self.last = index
@@ -150,7 +156,7 @@ class Attempts:
     def failed_connecting(self, index: int, exc: Exception) -> None:
         """Raise when no retry is left; otherwise count it."""
         self.failures.append(f"{self.pool.urls[index]}: {type(exc).__name__}: {exc}")
-        self.pool.hold(index, BasePool.COOL_OFF_S)
+        self.pool.hold(index, BasePool.COOL_OFF_S, down=True)
         self.attempt += 1
         if self.attempt > self.retries:
             raise ConnectionFailed(f"could not reach the service after {self.attempt} attempts: "

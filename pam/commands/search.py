@@ -53,6 +53,6 @@ def render(summary: dict) -> str:
     for k, engine in enumerate(summary["engine"]):
         personal = summary["personal"][k] if k < len(summary["personal"]) else None
         left = f"{engine['image_id'][:34]:<34} {engine['bm25']:>8.3f}"
-        right = f"{personal['image_id'][:34]:<34} {personal['score']:>8.3f}" if personal and summary["personalized"] else ""
+        right = f"{personal['image_id'][:34]:<34} {personal['score']:>8.3f}" if personal else ""
         lines.append(f"  {k + 1:>3}  {left:<44} {right}")
     return "\n".join(lines)

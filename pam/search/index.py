@@ -84,7 +84,7 @@ class PhotoIndex:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         builder = tantivy.SchemaBuilder()
-        builder.add_text_field("text", tokenizer_name="en_stem", index_option="freq")
+        builder.add_text_field("text", tokenizer_name="en_stem")  # positions: "phrase" queries
         builder.add_text_field("keyword", tokenizer_name="raw", index_option="basic")
         builder.add_unsigned_field("row", stored=False, fast=True, indexed=False)
         index = tantivy.Index(builder.build(), path=str(tmp), reuse=False)

@@ -29,7 +29,7 @@ class SearchResult:
     query: str
     user_id: str | None
     engine: list[Hit]  # the engine's order (BM25), the whole window
-    personal: list[tuple[str, float]]  # (image_id, the user's predicted score), best first
+    personal: list[tuple[str, float]]  # (image_id, the user's predicted score), best first; [] if not personalized
     personalized: bool
     reason: str | None  # why the engine's order was kept, when it was
     timings_ms: dict = field(default_factory=dict)
@@ -72,7 +72,7 @@ class PersonalSearch:
         hits = self.index.search(query, window or self.window)
         searched = time.perf_counter()
         timings = {"search": (searched - start) * 1e3}
-        result = SearchResult(query, user_id, hits, [(h.image_id, h.score) for h in hits], False, None, timings)
+        result = SearchResult(query, user_id, hits, [], False, None, timings)
         if not hits:
             result.reason = "no results"
         elif user_id is None:
