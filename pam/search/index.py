@@ -133,13 +133,22 @@ class PhotoIndex:
         `keyword:n02084071`); what it cannot parse is dropped, never an error."""
         if not query.strip():
             return []
-        parsed, _errors = self._index.parse_query_lenient(query, ["text", "keyword"])
-        hits = self._searcher.search(parsed, limit, count=False).hits
+        try:
+            hits = self._run(query, limit)
+        except ValueError:  # syntax the engine parses but cannot run (`text:*`): the words alone
+            try:
+                hits = self._run(" ".join(words(query)), limit)
+            except ValueError:
+                return []
         if not hits:
             return []
         rows = self._searcher.fast_field_values("row", [address for _, address in hits])
         ids = self.ids
         return [Hit(ids[row], score) for (score, _), row in zip(hits, rows, strict=True)]
+
+    def _run(self, query: str, limit: int) -> list:
+        parsed, _errors = self._index.parse_query_lenient(query, ["text", "keyword"])
+        return self._searcher.search(parsed, limit, count=False).hits
 
     def __len__(self) -> int:
         return len(self.ids)
