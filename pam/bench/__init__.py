@@ -14,4 +14,5 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "features": ("pam.bench.features", "the Ray Data batch job vs a single-process loop"),
     "store": ("pam.bench.store", "feature-store lookups of 1,000 ids in 1M rows vs pandas"),
     "serve": ("pam.bench.serve", "re-rank through Ray Serve vs library call vs echo (wrk)"),
+    "search": ("pam.bench.search", "search alone vs search + personalized re-rank over HTTP; the client's overhead"),
 }
