@@ -272,7 +272,8 @@ def run(args: argparse.Namespace) -> dict:
     from pam.search.personal import PersonalSearch
 
     if args.quick:
-        args.photos, args.queries, args.open_loop_s, args.overhead_calls = 10_000, 60, 3.0, 40
+        args.photos, args.queries = 10_000, min(args.queries, 60)
+        args.open_loop_s, args.overhead_calls = min(args.open_loop_s, 3.0), min(args.overhead_calls, 40)
     windows = [int(w) for w in args.windows.split(",")]
     tmp = None if args.dir else tempfile.TemporaryDirectory(prefix="pam-bench-search-")
     work = Path(args.dir or tmp.name)
