@@ -49,10 +49,10 @@ def render(summary: dict) -> str:
         head += f"; engine order (not personalized: {summary['reason']})"
     t = summary["timings_ms"]
     head += f"  [search {t['search']:.1f} ms, re-rank {t['rerank']:.1f} ms]"
-    lines = [head, f"  {'#':>3}  {'engine (BM25)':<44} {'personal (predicted score)':<44}"]
+    lines = [head, f"  {'#':>3}  {'engine (BM25)':<50} {'personal (predicted score)':<50}"]
     for k, engine in enumerate(summary["engine"]):
         personal = summary["personal"][k] if k < len(summary["personal"]) else None
-        left = f"{engine['image_id'][:34]:<34} {engine['bm25']:>8.3f}"
-        right = f"{personal['image_id'][:34]:<34} {personal['score']:>8.3f}" if personal else ""
-        lines.append(f"  {k + 1:>3}  {left:<44} {right}")
+        left = f"{engine['image_id'][:40]:<40} {engine['bm25']:>8.3f}"
+        right = f"{personal['image_id'][:40]:<40} {personal['score']:>8.3f}" if personal else ""
+        lines.append(f"  {k + 1:>3}  {left:<50} {right}".rstrip())
     return "\n".join(lines)
