@@ -1,4 +1,4 @@
-"""`Client`: the API over one kept-alive httpx connection pool, with retries and failover."""
+"""`Client`: the API over kept-alive http.client connections, with retries and failover."""
 
 from __future__ import annotations
 
@@ -6,12 +6,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import httpx
-
 from pam.client import _core
 from pam.client._core import (
     RETRY,
-    RETRY_EXCEPTIONS,
     ApiCalls,
     Attempts,
     BasePool,
@@ -20,6 +17,13 @@ from pam.client._core import (
 )
 from pam.client.errors import ApiError, Timeout
 from pam.client.models import Ranking
+from pam.client.transport import (
+    ConnectFailed,
+    ConnectionBroke,
+    ConnectionPool,
+    ReplyTimeout,
+    encode,
+)
 
 
 class Client(ApiCalls):
@@ -31,36 +35,35 @@ class Client(ApiCalls):
 
     `base_url` may be a list (direct-ingress replicas): calls are spread over them and fail over to
     another when one refuses, resets, or answers 429/503. `timeout` (seconds) bounds each phase
-    of a call (connect, send, wait for the reply); a call may override it. Thread-safe; reuses
-    connections; close it (or use `with`) when done.
+    of a call (connect, send, wait for each read of the reply); a call may override it.
+    Thread-safe; reuses connections; close it (or use `with`) when done.
     """
 
     def __init__(self, base_url: str | Sequence[str], api_key: str | None = None, timeout: float = 10.0, *,
                  retries: int = 3, backoff: float = 0.05, max_backoff: float = 2.0, max_retry_after: float = 30.0,
-                 headers: dict | None = None, max_connections: int = 100, trust_env: bool = False):
+                 headers: dict | None = None, max_connections: int = 100):
         self.pool = BasePool(base_url)
         self.policy = RetryPolicy(retries, backoff, max_backoff, max_retry_after)
         self.timeout = timeout
-        self._http = httpx.Client(headers=_core.client_headers(api_key, headers), timeout=timeout,
-                                  limits=httpx.Limits(max_connections=max_connections,
-                                                      max_keepalive_connections=max_connections),
-                                  trust_env=trust_env)
+        self._headers = _core.client_headers(api_key, headers)
+        self._connections = ConnectionPool(max_idle=max_connections)
 
     def _run(self, call: Call, timeout: float | None = None, retries: int | None = None) -> Any:
         attempts = Attempts(self.pool, self.policy, retries)
-        kwargs = _core.request_kwargs(call, timeout)
+        path, body, headers = encode(call, self._headers)
+        timeout = self.timeout if timeout is None else timeout
         while True:
             index, wait = attempts.next()
             if wait:
                 time.sleep(wait)
             try:
-                response = self._http.request(call.method, self.pool.urls[index] + call.path, **kwargs)
-            except RETRY_EXCEPTIONS as exc:
+                reply = self._connections.request(self.pool.urls[index], call.method, path, body, headers, timeout)
+            except (ConnectFailed, ConnectionBroke) as exc:
                 attempts.failed_connecting(index, exc)
                 continue
-            except httpx.TimeoutException as exc:
-                raise Timeout(f"{call.method} {call.path}: no reply within the timeout ({exc})") from exc
-            result = attempts.reply(index, response, call)
+            except ReplyTimeout as exc:
+                raise Timeout(f"{call.method} {call.path}: no reply within {timeout:g} s ({exc})") from exc
+            result = attempts.reply(index, reply, call)
             if result is not RETRY:
                 return result
 
@@ -74,7 +77,7 @@ class Client(ApiCalls):
         return out
 
     def close(self) -> None:
-        self._http.close()
+        self._connections.close()
 
     def __enter__(self) -> Client:
         return self
