@@ -10,7 +10,8 @@ arrivals) at half the measured capacity of search + rerank, the same arrivals fo
 latency counted from each query's arrival (queueing included). The service is `pam serve
 --direct-ingress` (default), Serve's proxy, or the app under uvicorn without Ray (--ingress).
 Then the client's own overhead: pam.client's rerank of 1,000 candidates against the same request
-written by hand (httpx, and the standard library's http.client), alternating calls.
+written by hand (the standard library's http.client: the target's reference; and httpx),
+alternating calls.
 """
 
 from __future__ import annotations
@@ -328,7 +329,7 @@ def run(args: argparse.Namespace) -> dict:
         summary["target_window_200"] = {"added_p50_ms": w200["added_p50_ms"], "target_p50_ms": 5.0,
                                         "met_p50": w200["added_p50_ms"] <= 5.0, "added_p99_ms": w200["added_p99_ms"],
                                         "target_p99_ms": 15.0, "met_p99": w200["added_p99_ms"] <= 15.0}
-    overhead = summary["client_overhead_1000"]["overhead_vs_httpx_p50"]
+    overhead = summary["client_overhead_1000"]["overhead_vs_http.client_p50"]  # the rawest request
     summary["target_client_overhead"] = {"overhead_p50": overhead, "target": 0.10, "met": overhead <= 0.10}
     summary["seconds"] = round(time.time() - started, 1)
     summary["_render"] = render(summary)
@@ -356,6 +357,6 @@ def render(s: dict) -> str:
     o = s["client_overhead_1000"]
     lines.append(f"  client, rerank of 1,000: pam.client p50 {o['pam.client']['p50_ms']:.2f} ms, httpx by hand "
                  f"{o['httpx by hand']['p50_ms']:.2f}, http.client by hand {o['http.client by hand']['p50_ms']:.2f}: "
-                 f"overhead {o['overhead_vs_httpx_p50']:+.1%} vs httpx, {o['overhead_vs_http.client_p50']:+.1%} vs "
-                 f"http.client (target <= 10%: {'met' if s['target_client_overhead']['met'] else 'NOT met'})")
+                 f"overhead {o['overhead_vs_http.client_p50']:+.1%} vs http.client, {o['overhead_vs_httpx_p50']:+.1%} vs "
+                 f"httpx (target <= 10% vs http.client: {'met' if s['target_client_overhead']['met'] else 'NOT met'})")
     return "\n".join(lines)
