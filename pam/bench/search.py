@@ -32,7 +32,7 @@ VERSION = "search-bench-0"
 USER = "bench-searcher"
 UVICORN_SCRIPT = """
 import sys, uvicorn
-from serving.app import LocalRuntime, create_app
+from serving.online.app import LocalRuntime, create_app
 runtime = LocalRuntime({"feature_root": sys.argv[1], "user_store": "sqlite:///" + sys.argv[2]})
 uvicorn.run(create_app(runtime), host="127.0.0.1", port=int(sys.argv[3]), log_level="warning")
 """
@@ -112,7 +112,7 @@ def start_service(args, root: Path, work: Path):
     if args.ingress == "uvicorn":
         import subprocess
 
-        from serving.ports import free_port
+        from serving.cluster.ports import free_port
 
         port = free_port("127.0.0.1")
         proc = subprocess.Popen([sys.executable, "-c", UVICORN_SCRIPT, str(root), str(work / "users.db"), str(port)],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.app import LocalRuntime, create_app
+from serving.online.app import LocalRuntime, create_app
 from tests.online.conftest import ThreadedServer, build_feature_root
 
 API_KEY = "k-client-test"

@@ -16,7 +16,7 @@ from pam.client import Client
 from pam.search.index import describe, index_dir, open_for_feature_table
 from pam.search.personal import PersonalSearch
 from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT
-from serving.app import LocalRuntime, create_app
+from serving.online.app import LocalRuntime, create_app
 from tests.client.servers import FlakyProxy
 from tests.conftest import ROOT
 from tests.online.conftest import ThreadedServer
@@ -147,7 +147,7 @@ def test_a_slow_service_costs_search_only_its_deadline(photos_env):
 
 SERVICE_SCRIPT = """
 import sys, uvicorn
-from serving.app import LocalRuntime, create_app
+from serving.online.app import LocalRuntime, create_app
 runtime = LocalRuntime({"feature_root": sys.argv[1], "user_store": "sqlite:///" + sys.argv[2]})
 uvicorn.run(create_app(runtime), host="127.0.0.1", port=int(sys.argv[3]), log_level="warning")
 """

@@ -1,4 +1,4 @@
-"""The search endpoint (serving/search_api.py, mounted beside the API) and the curation page's
+"""The search endpoint (serving/online/search_api.py, mounted beside the API) and the curation page's
 search box: headless Chromium types a query, the page shows the engine's order and the user's,
 which must be the service's own re-rank of the engine's window."""
 
@@ -11,8 +11,8 @@ import requests
 
 from pam.client import Client
 from pam.search.index import build_for_feature_table
-from serving.app import LocalRuntime, create_app
-from serving.search_api import search_router
+from serving.online.app import LocalRuntime, create_app
+from serving.online.search_api import search_router
 from tests.online.conftest import ThreadedServer
 from tests.search.test_search import _feature_table
 

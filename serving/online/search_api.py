@@ -14,8 +14,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from serving import api_models as m
-from serving.api_models import ApiError
+from serving.online import api_models as m
+from serving.online.api_models import ApiError
 
 MAX_RESULTS = 1000
 
