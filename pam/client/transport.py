@@ -23,6 +23,10 @@ class ConnectionBroke(OSError):
     """A connection failed while the request was sent or its reply read (reset, closed)."""
 
 
+class _StaleConnection(Exception):
+    """A kept-alive connection the server had closed."""
+
+
 class ReplyTimeout(OSError):
     """The reply did not come within the timeout."""
 
@@ -76,9 +80,18 @@ class ConnectionPool:
 
     def request(self, base: str, method: str, path: str, body: bytes | None, headers: dict,
                 timeout: float) -> Reply:
+        try:
+            return self._request(base, method, path, body, headers, timeout)
+        except _StaleConnection:
+            # the server closed a kept-alive connection while it sat idle (uvicorn after 5 s):
+            # not a failure of the service, so a fresh connection goes at once, outside the retries
+            return self._request(base, method, path, body, headers, timeout, fresh=True)
+
+    def _request(self, base: str, method: str, path: str, body: bytes | None, headers: dict,
+                 timeout: float, fresh: bool = False) -> Reply:
         with self._lock:
             idle = self._idle.get(base)
-            conn = idle.pop() if idle else None
+            conn = idle.pop() if idle and not fresh else None
         reused = conn is not None
         if conn is None:
             conn = self._new(base, timeout)
@@ -99,8 +112,9 @@ class ConnectionPool:
             raise ReplyTimeout(str(exc) or "timed out") from exc
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            kind = "a kept-alive connection was closed" if reused else "the connection broke"
-            raise ConnectionBroke(f"{kind}: {type(exc).__name__}: {exc}") from exc
+            if reused and isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError):
+                raise _StaleConnection from exc
+            raise ConnectionBroke(f"the connection broke: {type(exc).__name__}: {exc}") from exc
         reply = Reply(response.status, response.reason, Headers((k.lower(), v) for k, v in response.getheaders()),
                       content, base + path)
         if response.will_close:

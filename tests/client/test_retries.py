@@ -101,3 +101,12 @@ def test_async_client_retries_and_fails_over(service):
     with FlakyProxy(service["url"], fail_first=2, status=429, retry_after="0.1") as proxy:
         assert asyncio.run(main(proxy.url)) == [{"status": "ok"}] * 6
     assert proxy.count == 8
+
+
+def test_a_kept_alive_connection_the_server_closed_is_not_a_failure(service):
+    """uvicorn closes a connection idle for 5 s; the next call, even with no retries left to it,
+    goes out on a fresh connection instead of failing."""
+    with Client(service["url"], retries=0) as client:
+        assert client.health() == {"status": "ok"}
+        time.sleep(6.5)
+        assert client.health() == {"status": "ok"}
