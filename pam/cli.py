@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pam.commands.export", "export the fused five-crop graph (ONNX, TensorRT, Triton)"),
     "features": ("pam.commands.features", "batch job: photos -> Parquet feature table (Ray Data)"),
     "serve": ("pam.commands.serve", "run the personalization service (Ray Serve)"),
+    "index": ("pam.commands.index", "build the text index of a feature table's photos (tantivy, BM25)"),
+    "search": ("pam.commands.search", "search the index, re-ranked per user through the running service"),
     "eval": ("pam.commands.eval", "run an evaluation protocol (table4, active, taste)"),
     "simulate": ("pam.commands.simulate", "write a simulated rater panel (FLICKR-AES format)"),
     "bench": ("pam.commands.bench", "run the side-by-side benchmarks"),

@@ -15,4 +15,5 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "store": ("pam.bench.store", "feature-store lookups of 1,000 ids in 1M rows vs pandas"),
     "finalize": ("pam.bench.finalize", "finalizing a version of 1M / 5M rows: peak memory, time"),
     "serve": ("pam.bench.serve", "re-rank through Ray Serve vs library call vs echo (wrk)"),
+    "search": ("pam.bench.search", "search alone vs search + personalized re-rank over HTTP; the client's overhead"),
 }

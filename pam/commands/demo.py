@@ -7,7 +7,8 @@ Stages (each prints progress on stderr; a failure names its stage and what to do
  3 panel       the simulated rater panel over them (personalize.simulate, in-process)
  4 train       `pam train`: heads on the frozen pretrained trunk, on the panel's ratings
  5 export      `pam export`: the fused five-crop ONNX graph + model card
- 6 features    `pam features`: the Ray Data batch job -> Parquet feature table
+ 6 features    `pam features`: the Ray Data batch job -> Parquet feature table, then `pam index`:
+               the text index beside it (for `pam search`)
  7 serve       `pam serve`: Ray Serve on a local Ray, on 127.0.0.1
  8 sessions    the simulated users rate photos over HTTP (Active-PAM vs random), re-ranking after each
  9 report      report.html + PNG plots in --out
@@ -235,10 +236,13 @@ class DemoRun:
                           "rows_failed": failed}
             self.state["features"] = {k: job.get(k) for k in (
                 "model_version", "processed", "already_written", "images_per_s", "rows_ok", "rows_failed", "seconds")}
+            # the text index beside the table (file names; ImageNet classes on ../shared/photos): `pam search`
+            self.state["search_index"] = self._child("index", pam_command("index", "--features", str(self.features_root),
+                                                                          "--json"))
 
     # 7 -------------------------------------------------------------------------------------
     def serve(self) -> None:
-        from pam.demo.sessions import Client
+        from pam.client import Client
         from pam.demo.stages import ServiceProcess, pam_command, say
 
         users_db = self.out / "users.db"
@@ -252,9 +256,8 @@ class DemoRun:
                                f"read {self.out / 'serve.log'}; is another program using --port {self.args.port}?"):
             self.url = self.service.start()
             self.state["commands"].append(_shell(argv))
-            client = Client(self.url)
-            client.call("POST", f"/v1/users/{CURATION_USER}/album", {"image_ids": self.album_.image_ids[:1000]})
-            client.close()
+            with Client(self.url, timeout=60.0) as client:
+                client.add_album(CURATION_USER, self.album_.image_ids[:1000])
             self.state["service"] = {"url": self.url}
             self.state["curation_page"] = f"{self.url}/ui/?user={CURATION_USER}"
             say(f"      listening on {self.url}; curation page {self.state['curation_page']}")

@@ -23,12 +23,11 @@ def rate_and_capture(url: str, image_ids: list[str], out: Path, user: str, n_rat
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from pam.client import Client
     from pam.demo.browser import chromium_driver
-    from pam.demo.sessions import Client
 
-    client = Client(url)
-    client.call("POST", f"/v1/users/{user}/album", {"image_ids": image_ids})
-    client.close()
+    with Client(url, timeout=60.0) as client:
+        client.add_album(user, image_ids)
     rated = {}
     with tempfile.TemporaryDirectory() as profile:
         driver = chromium_driver(profile, size=size)

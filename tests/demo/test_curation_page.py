@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pam.client import Client
 from pam.demo.browser import find_browser
-from pam.demo.sessions import Client
 from pam.demo.stages import ServiceProcess, pam_command
 from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT, pam_input
 from personalize.pam import PAM
@@ -61,8 +61,8 @@ def page_service(tmp_path_factory):
     service = ServiceProcess(argv, tmp / "serve.log")
     try:
         url = service.start(timeout=300)
-        client = Client(url)
-        client.call("POST", f"/v1/users/{USER}/album", {"image_ids": data["ids"]})
+        client = Client(url, timeout=60.0)
+        client.add_album(USER, data["ids"])
         yield {"url": url, "client": client, **data}
         client.close()
     finally:
@@ -148,10 +148,10 @@ def test_rating_on_the_page_reranks_the_album_as_the_model_says(page_service, br
         _wait_for_ratings(browser, step)
 
         order, shown_scores = _album_on_page(browser)
-        reply = svc["client"].call("POST", f"/v1/users/{USER}/rerank", {"candidates": svc["ids"]})
-        assert reply["n_ratings"] == step
-        assert order == reply["image_ids"], f"after {step} ratings the page's order is not the service's"
-        assert np.allclose(shown_scores, reply["scores"], atol=1e-4)
+        reply = svc["client"].rerank(USER, svc["ids"])
+        assert reply.n_ratings == step
+        assert order == reply.image_ids, f"after {step} ratings the page's order is not the service's"
+        assert np.allclose(shown_scores, reply.scores, atol=1e-4)
         # the library's own prediction, fit on the same ratings, orders the album the same way
         rows = [index[i] for i in rated]
         predicted = PAM().fit(X[rows], np.array(list(rated.values()))).predict(X)

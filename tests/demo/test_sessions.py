@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
+from pam.client import Client
 from pam.demo.panel import SimulatedUser
-from pam.demo.sessions import Client, mean_curves, run_session, run_sessions
+from pam.demo.sessions import mean_curves, run_session, run_sessions
 from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT, pam_input
 from personalize.metrics import spearman_rho
 from personalize.pam import PAM

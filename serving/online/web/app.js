@@ -203,6 +203,82 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
+// ---------------------------------------------------------------- search
+// The engine's top N (GET /v1/search), re-ranked for the user by the service within a deadline;
+// past it, or when the service cannot personalize, the engine's order stays and the note says why.
+const SEARCH_WINDOW = 200;
+const SEARCH_SHOWN = 24;
+const RERANK_DEADLINE_MS = Number(new URLSearchParams(window.location.search).get("deadline")) || 50;
+
+async function rerankWithin(ids, ms) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), ms);
+  try {
+    const response = await fetch(`${API}${userPath()}/rerank`, {
+      method: "POST", signal: abort.signal, headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ candidates: ids.slice(0, MAX_CANDIDATES) }),
+    });
+    const data = await response.json().catch(() => null);
+    if (!response.ok) return { reason: `the service answered ${response.status} ${data && data.error}: ${data && data.detail}` };
+    if (!data.personalized) return { reason: data.fallback || "the service used the generic score" };
+    return { reply: data };
+  } catch (err) {
+    return { reason: err.name === "AbortError" ? `the re-rank did not answer within ${ms} ms`
+      : `the personalization service is unreachable (${err.message})` };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function renderStrip(list, ids, scores) {
+  const template = $("#card-template");
+  list.replaceChildren(...ids.slice(0, SEARCH_SHOWN).map((id, k) => {
+    const card = template.content.firstElementChild.cloneNode(true);
+    card.dataset.imageId = id;
+    card.dataset.score = scores[k].toFixed(4);
+    const img = card.querySelector("img");
+    img.src = THUMB(id, 128);
+    img.alt = id;
+    card.querySelector(".rank").textContent = `#${k + 1}`;
+    card.querySelector(".score").textContent = scores[k].toFixed(2);
+    return card;
+  }));
+}
+
+async function search(query) {
+  const section = $("#search");
+  section.hidden = false;
+  section.dataset.state = "busy";
+  let found;
+  try {
+    found = await api("GET", `/search?q=${encodeURIComponent(query)}&n=${SEARCH_WINDOW}`);
+  } catch (err) {
+    section.dataset.state = "error";
+    showError(err.code === "no_such_endpoint" ? "this service has no search endpoint (GET /v1/search)" : err.message);
+    return;
+  }
+  renderStrip($("#search-engine"), found.image_ids, found.scores);
+  const started = performance.now();
+  const { reply, reason } = found.image_ids.length ? await rerankWithin(found.image_ids, RERANK_DEADLINE_MS)
+    : { reason: "no results" };
+  const took = performance.now() - started;
+  if (reply) {
+    renderStrip($("#search-personal"), reply.image_ids, reply.scores);
+  } else {
+    renderStrip($("#search-personal"), found.image_ids, found.scores);
+  }
+  section.dataset.personalized = String(Boolean(reply));
+  $("#search-note").textContent = `(${found.image_ids.length} results for "${query}"; ` + (reply
+    ? `re-ranked on your ${reply.n_ratings} ratings in ${took.toFixed(0)} ms)` : `not personalized: ${reason})`);
+  section.dataset.state = "ready";
+}
+
+$("#search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const query = $("#search-input").value.trim();
+  if (query && state.user) search(query);
+});
+
 // ---------------------------------------------------------------- start
 async function open(user) {
   state.user = user;

@@ -1,0 +1,75 @@
+"""`AsyncClient`: the same API for asyncio (httpx.AsyncClient), same retries and failover."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import httpx
+
+from pam.client import _core
+from pam.client._core import (
+    RETRY,
+    RETRY_EXCEPTIONS,
+    ApiCalls,
+    Attempts,
+    BasePool,
+    Call,
+    RetryPolicy,
+)
+from pam.client.errors import ApiError, Timeout
+from pam.client.models import Ranking
+
+
+class AsyncClient(ApiCalls):
+    """The asyncio client: every method of `Client`, awaited.
+
+        async with AsyncClient(["http://10.0.0.5:9001", "http://10.0.0.6:9001"]) as client:
+            ranking = await client.rerank("ann", candidate_ids, top_k=50)
+
+    A call bounded by a deadline: `await asyncio.wait_for(client.rerank(...), 0.05)`.
+    """
+
+    def __init__(self, base_url: str | Sequence[str], api_key: str | None = None, timeout: float = 10.0, *,
+                 retries: int = 3, backoff: float = 0.05, max_backoff: float = 2.0, max_retry_after: float = 30.0,
+                 headers: dict | None = None, max_connections: int = 100, trust_env: bool = False):
+        self.pool = BasePool(base_url)
+        self.policy = RetryPolicy(retries, backoff, max_backoff, max_retry_after)
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(headers=_core.client_headers(api_key, headers), timeout=timeout,
+                                       limits=httpx.Limits(max_connections=max_connections,
+                                                           max_keepalive_connections=max_connections),
+                                       trust_env=trust_env)
+
+    async def _run(self, call: Call, timeout: float | None = None, retries: int | None = None) -> Any:
+        attempts = Attempts(self.pool, self.policy, retries)
+        kwargs = _core.request_kwargs(call, timeout)
+        while True:
+            index, wait = attempts.next()
+            if wait:
+                await asyncio.sleep(wait)
+            try:
+                response = await self._http.request(call.method, self.pool.urls[index] + call.path, **kwargs)
+            except RETRY_EXCEPTIONS as exc:
+                attempts.failed_connecting(index, exc)
+                continue
+            except httpx.TimeoutException as exc:
+                raise Timeout(f"{call.method} {call.path}: no reply within the timeout ({exc})") from exc
+            result = attempts.reply(index, response, call)
+            if result is not RETRY:
+                return result
+
+    async def rerank_many(self, queries: Iterable[Any], timeout: float | None = None) -> list[Ranking | ApiError]:
+        """The bulk endpoint (see Client.rerank_many); requests of 64 queries go concurrently."""
+        replies = await asyncio.gather(*(self._run(call, timeout) for call in _core.bulk_calls(queries)))
+        return [r for reply in replies for r in reply]
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
