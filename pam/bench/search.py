@@ -65,9 +65,9 @@ def write_catalog(root: Path, photos: int, seed: int = 0) -> dict:
     """A feature-table version of `photos` generated rows and its text index; the queries."""
     import numpy as np
 
-    from pam.search.index import PhotoIndex, describe, index_dir
     from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT
     from serving import feature_table as ft
+    from serving.search.index import PhotoIndex, describe, index_dir
 
     rng = np.random.default_rng(seed)
     words = vocabulary()
@@ -79,10 +79,7 @@ def write_catalog(root: Path, photos: int, seed: int = 0) -> dict:
     features = {"aes_score": rng.uniform(1.5, 4.5, photos), "aes_feat": rng.gamma(2.0, 5.0, (photos, AES_FEAT_DIM)),
                 "attributes": np.tanh(rng.normal(0, 0.6, (photos, N_ATTRIBUTES))),
                 "content": rng.dirichlet(np.ones(N_CONTENT), photos)}
-    part = ft.write_part(str(root), ft.feature_table(ids, features, VERSION))
-    ft.write_manifest(str(root), VERSION, [part])
-    ft.write_index(str(root), VERSION)
-    ft.set_current(str(root), VERSION)
+    ft.FeatureTable(str(root)).write_version(ft.feature_table(ids, features, VERSION))
     index = PhotoIndex.build(index_dir(root, VERSION), ((i, t, []) for i, t in zip(ids, texts, strict=True)),
                              {"model_version": VERSION, "text": "synthetic"})
     return {"ids": ids, "index": index, "words": words, "aes": features["aes_score"]}

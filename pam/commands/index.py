@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from pam.search.index import build_for_feature_table
+    from serving.search.index import build_for_feature_table
 
     names = json.loads(args.content_names.read_text()) if args.content_names else None
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _example_query(index) -> str:
-    from pam.search.index import describe
+    from serving.search.index import describe
 
     return describe(index.ids[0])[0].split(" ")[-1] if len(index) else ""
 

@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from pam.search.index import PhotoIndex, open_for_feature_table
     from pam.search.personal import PersonalSearch
+    from serving.search.index import PhotoIndex, open_for_feature_table
 
     if not 1 <= args.window <= 10_000:
         raise SystemExit("pam search: --window must be in [1, 10000]")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from pam.client import ApiError, Client, ConnectionFailed, PamError, Ranking
 from pam.client import Timeout as ClientTimeout
-from pam.search.index import Hit, PhotoIndex
+from serving.search.index import Hit, PhotoIndex
 
 DEFAULT_DEADLINE_S = 0.05
 DEFAULT_WINDOW = 200

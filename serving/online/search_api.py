@@ -26,7 +26,7 @@ def search_router(runtime) -> APIRouter:
 
     def index_for(version: str):
         if version not in opened:
-            from pam.search.index import index_dir, open_for_feature_table
+            from serving.search.index import index_dir, open_for_feature_table
 
             root = runtime.service.config.feature_root
             try:

@@ -11,7 +11,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from serving.scoring.backends import OnnxRuntimeBackend  # noqa: E402
+from export import gpu_decode  # noqa: E402
+from export import onnx_export as ox  # noqa: E402
+from export.networks import create_model  # noqa: E402
+from export.torch_backend import WEIGHTS_FILE, save_weights  # noqa: E402
 from serving.batch.job import (  # noqa: E402
     JobConfig,
     Scorer,
@@ -20,11 +23,7 @@ from serving.batch.job import (  # noqa: E402
     read_and_decode,
     run_job,
 )
-
-from export import gpu_decode  # noqa: E402
-from export import onnx_export as ox  # noqa: E402
-from export.networks import create_model  # noqa: E402
-from export.torch_backend import WEIGHTS_FILE, save_weights  # noqa: E402
+from serving.scoring.backends import OnnxRuntimeBackend  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

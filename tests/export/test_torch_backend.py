@@ -10,8 +10,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from serving.scoring.backends import FeatureBackend, OnnxRuntimeBackend, open_backend  # noqa: E402
-
 from export import onnx_export as ox  # noqa: E402
 from export.networks import create_model  # noqa: E402
 from export.torch_backend import (  # noqa: E402
@@ -23,6 +21,7 @@ from export.torch_backend import (  # noqa: E402
     save_weights,
     spearman,
 )
+from serving.scoring.backends import FeatureBackend, OnnxRuntimeBackend, open_backend  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from pam.client import Client
-from pam.search.index import describe, index_dir, open_for_feature_table
 from pam.search.personal import PersonalSearch
 from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT
 from serving.online.app import LocalRuntime, create_app
+from serving.search.index import describe, index_dir, open_for_feature_table
 from tests.client.servers import FlakyProxy
 from tests.conftest import ROOT
 from tests.online.conftest import ThreadedServer
@@ -41,9 +41,7 @@ def _feature_table(root, ids, seed=3):
     features = {"aes_score": rng.uniform(1.5, 4.5, n), "aes_feat": rng.gamma(2.0, 5.0, (n, AES_FEAT_DIM)),
                 "attributes": np.tanh(rng.normal(0, 0.6, (n, N_ATTRIBUTES))),
                 "content": rng.dirichlet(np.ones(N_CONTENT), n)}
-    part = ft.write_part(str(root), ft.feature_table(ids, features, VERSION))
-    ft.write_manifest(str(root), VERSION, [part])
-    ft.set_current(str(root), VERSION)
+    ft.FeatureTable(str(root)).write_version(ft.feature_table(ids, features, VERSION))
     return features
 
 
@@ -73,7 +71,7 @@ def test_pam_index_stores_the_index_beside_the_feature_table(photos_env):
     summary = photos_env["summary"]
     assert summary["documents"] == len(photos_env["ids"]) >= 1000
     assert summary["index"] == str(index_dir(photos_env["root"], VERSION))
-    assert ft.list_versions(photos_env["root"]) == [VERSION]  # the table's readers skip _search
+    assert ft.FeatureTable(photos_env["root"]).versions() == [VERSION]  # the table's readers skip _search
     index = open_for_feature_table(photos_env["root"])
     sharks = [h.image_id for h in index.search("shark", 10)]
     assert set(sharks) == {i for i in photos_env["ids"] if "shark" in i.lower()} and len(sharks) == 2
@@ -169,7 +167,7 @@ def _wait_until_up(client, proc, timeout=180):
 def test_the_service_is_killed_mid_run_and_search_keeps_answering(tmp_path):
     """Queries stream while the service's process is killed (SIGKILL): before, personalized;
     after, the engine's order with the reason; no query fails."""
-    from pam.search.index import build_for_feature_table
+    from serving.search.index import build_for_feature_table
     from tests.conftest import free_port
 
     ids = [f"album{k % 7}/photo {k} {['red', 'blue', 'green'][k % 3]} car.jpg" for k in range(300)]

@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from pam.client import Client
-from pam.search.index import build_for_feature_table
 from serving.online.app import LocalRuntime, create_app
 from serving.online.search_api import search_router
+from serving.search.index import build_for_feature_table
 from tests.online.conftest import ThreadedServer
 from tests.search.test_search import _feature_table
 

@@ -160,11 +160,12 @@ def rows_from_feature_table(feature_root: str, model_version: str | None = None,
     import numpy as np
     import pyarrow.compute as pc
 
-    from serving import feature_table as ft
+    from serving.feature_table import FeatureTable
 
-    model_version = model_version or ft.current_version(feature_root)
+    features = FeatureTable(feature_root)
+    model_version = model_version or features.current_name()
     columns = ["image_id", "error"] + (["content"] if content_names else [])
-    table = ft.read_version(feature_root, model_version, columns=columns)
+    table = features.read(model_version, columns=columns)
     table = table.filter(pc.is_null(table.column("error")))
     ids = table.column("image_id").to_pylist()
     labels: list[str | None] = [None] * len(ids)
@@ -193,7 +194,7 @@ def build_for_feature_table(feature_root: str, model_version: str | None = None,
 
 def open_for_feature_table(feature_root: str, model_version: str | None = None) -> PhotoIndex:
     if model_version is None:
-        from serving import feature_table as ft
+        from serving.feature_table import FeatureTable
 
-        model_version = ft.current_version(feature_root)
+        model_version = FeatureTable(feature_root).current_name()
     return PhotoIndex.open(index_dir(feature_root, model_version))
