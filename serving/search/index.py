@@ -163,7 +163,7 @@ def rows_from_feature_table(feature_root: str, model_version: str | None = None,
     from serving.feature_table import FeatureTable
 
     features = FeatureTable(feature_root)
-    model_version = model_version or features.current_name()
+    model_version = model_version or features.current_name
     columns = ["image_id", "error"] + (["content"] if content_names else [])
     table = features.read(model_version, columns=columns)
     table = table.filter(pc.is_null(table.column("error")))
@@ -196,5 +196,5 @@ def open_for_feature_table(feature_root: str, model_version: str | None = None) 
     if model_version is None:
         from serving.feature_table import FeatureTable
 
-        model_version = FeatureTable(feature_root).current_name()
+        model_version = FeatureTable(feature_root).current_name
     return PhotoIndex.open(index_dir(feature_root, model_version))
