@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--features", type=Path, help="feature table: Parquet file or feature-store root")
     data.add_argument("--scale", type=float, default=1.0, help="size of the generated panel (1 = the paper's)")
     data.add_argument("--panel-seed", type=int, default=0, help="seed of the generated panel")
+    data.add_argument("--panel-kind", choices=("default", "robust"), default="default",
+                      help="which generated panel: the paper-calibrated one or the robustness panel")
     parser.add_argument("--out", type=Path, help="output folder (default runs/eval-PROTOCOL)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the protocol's random draws")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (joblib)")
@@ -66,9 +68,10 @@ def load_data(args: argparse.Namespace):
         data = load_flickr_aes(p / "ratings.csv", p / "test_workers.txt", p / "check_images.csv")
         features, _ = read_feature_matrix(p / "features")
         return data, features, f"simulated panel {p}"
-    panel = build_panel(args.panel_seed, args.scale)
+    panel = build_panel(args.panel_seed, args.scale, kind=args.panel_kind)
+    name = "robustness panel" if args.panel_kind == "robust" else "default simulated panel"
     return panel.dataset(), panel.properties.features(), (
-        f"simulated panel (frozen defaults, seed {args.panel_seed}, scale {args.scale:g}), generated in memory")
+        f"{name} (frozen, seed {args.panel_seed}, scale {args.scale:g}), generated in memory")
 
 
 class _Progress:
