@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("pam.commands.serve", "run the personalization service (Ray Serve)"),
     "eval": ("pam.commands.eval", "run an evaluation protocol (table4, active, taste)"),
     "simulate": ("pam.commands.simulate", "write a simulated rater panel (FLICKR-AES format)"),
+    "fit-prior": ("pam.commands.fit_prior", "fit the population taste prior of a feature version"),
     "bench": ("pam.commands.bench", "run the side-by-side benchmarks"),
     "demo": ("pam.commands.demo", "the whole pipeline on the embedded default, with a report"),
 }

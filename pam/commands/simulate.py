@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "attributes, content and aes_feat replace the generated properties")
 
 
-def read_feature_matrix(path: Path):
-    """A FeatureMatrix from a Parquet file or a feature-store root (its CURRENT version);
-    rows whose error is set are dropped. Returns (FeatureMatrix, the pyarrow table)."""
+def read_feature_matrix(path: Path, model_version: str | None = None):
+    """A FeatureMatrix from a Parquet file or a feature-store root (its CURRENT version, or
+    `model_version`); rows whose error is set are dropped. Returns (FeatureMatrix, the pyarrow table)."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -44,7 +44,7 @@ def read_feature_matrix(path: Path):
 
     path = Path(path)
     if path.is_dir():
-        table = ft.read_version(str(path))
+        table = ft.read_version(str(path), model_version)
     elif path.is_file():
         table = pq.read_table(path)
     else:
