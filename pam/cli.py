@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("pam.commands.search", "search the index, re-ranked per user through the running service"),
     "eval": ("pam.commands.eval", "run an evaluation protocol (table4, active, taste)"),
     "simulate": ("pam.commands.simulate", "write a simulated rater panel (FLICKR-AES format)"),
+    "fit-prior": ("pam.commands.fit_prior", "fit the population taste prior of a feature version"),
     "bench": ("pam.commands.bench", "run the side-by-side benchmarks"),
     "demo": ("pam.commands.demo", "the whole pipeline on the embedded default, with a report"),
 }

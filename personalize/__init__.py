@@ -27,6 +27,17 @@ spearman_rho(a, b), correlation_improvement(y_true, y_personal, y_generic)  -- p
 estimate_gain(X, y, cv=5, min_ratings=10, random_state=0, **pam_params) -> float | None
     cross-validated mean of rho(PAM) - rho(generic) over one user's ratings; None when too few.
 
+With a population taste prior (personalize.prior, personalize.strategy):
+    load_prior(path) -> TastePrior | None   the prior `pam fit-prior` stored beside a feature
+        version (_taste_prior.npz: PRIOR_FILE)
+    PriorPAM(prior) -- scikit-learn regressor, PAM's X: fit(X, y) from a user's ratings;
+        fit_empty(20) for a user with none (population offset or generic score, as the prior
+        decided); predict(X) or predict(X, return_std=True) -> (scores, posterior s.d.);
+        PriorPAM(None) is exactly PAM.
+    PosteriorStrategy(V, X, prior=...) -- the rating strategy, with ActivePAM's interface
+        (add_rating(s), suggest(n), model, predict(return_std=...), rebuild(V, X, pairs, prior=...)).
+    fit_prior(raters, X_images) -> TastePrior (EM + cross-validated choice); TastePrior.save/load.
+
 Data (personalize.data): load_flickr_aes(csv, test_workers=None, check_images=None) -> FlickrAES
     (WP of eq. 1, random labellers excluded, IM_j weighted means); load_aadb_raters(csv) ->
     Ratings; load_personal_albums(root) -> {owner: (image_ids, scores)}; FeatureMatrix (image ids
@@ -50,6 +61,9 @@ _HOME = {
     "load_personal_albums": "personalize.data",
     "correlation_improvement": "personalize.metrics", "spearman_rho": "personalize.metrics",
     "PAM": "personalize.pam", "estimate_gain": "personalize.pam",
+    "PriorPAM": "personalize.prior", "TastePrior": "personalize.prior", "fit_prior": "personalize.prior",
+    "load_prior": "personalize.prior", "PRIOR_FILE": "personalize.prior",
+    "PosteriorStrategy": "personalize.strategy",
 }
 
 

@@ -22,6 +22,7 @@ generator seeded by (seed, worker index, ...), so results do not depend on n_job
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -33,10 +34,13 @@ from personalize.baselines import DirectSVR, FPMFNetwork, train_fpmf
 from personalize.data import FeatureMatrix, FlickrAES
 from personalize.metrics import spearman_rho
 from personalize.pam import PAM
+from personalize.prior import PriorPAM, RaterData, TastePrior, fit_prior
 from personalize.selection import SELECTORS
+from personalize.strategy import PosteriorStrategy
 
-TABLE4_METHODS = ("SVM", "FPMF", "PAM")
-ACTIVE_STRATEGIES = ("active-pam", "random", "greedy", "mcal", "qbc")
+TABLE4_METHODS = ("SVM", "FPMF", "PAM", "Prior-PAM", "Oracle")
+ACTIVE_STRATEGIES = ("posterior", "active-pam", "random", "greedy", "mcal", "qbc")
+SCORING_MODELS = ("PAM", "Prior-PAM")  # every strategy's rated set is scored with both
 PAPER_TABLE4 = {  # correlation improvement, mean +- std (Table 4)
     10: {"SVM": (-0.352, 0.050), "FPMF": (-0.001, 0.003), "PAM": (0.006, 0.003)},
     100: {"SVM": (-0.176, 0.064), "FPMF": (0.010, 0.007), "PAM": (0.039, 0.012)},
@@ -49,17 +53,29 @@ class UserData:
     X: np.ndarray  # [n, 21] = [x, aes_score]
     V: np.ndarray  # [n, 177] visual vectors
     y: np.ndarray  # the worker's scores
+    taste: np.ndarray | None = None  # the worker's true taste on these images (simulated panels)
 
 
 def user_data(data: FlickrAES, features: FeatureMatrix, workers: Iterable[str],
-              w_aes: float | None = None) -> list[UserData]:
+              w_aes: float | None = None, oracle: Callable | None = None) -> list[UserData]:
+    """oracle(worker, image_ids) -> the worker's true taste on those images, when known."""
     users = []
     for worker in workers:
         images, scores = data.worker_ratings(worker)
         rows = features.rows(images)
         V = features.V(rows) if w_aes is None else features.V(rows, w_aes)
-        users.append(UserData(worker, features.X(rows), V, scores.astype(np.float64)))
+        taste = None if oracle is None else np.asarray(oracle(worker, images), dtype=np.float64)
+        users.append(UserData(worker, features.X(rows), V, scores.astype(np.float64), taste))
     return users
+
+
+def prior_for(data: FlickrAES, features: FeatureMatrix, **kwargs) -> TastePrior:
+    """The population taste prior from the training workers' ratings (never a test worker's);
+    the feature statistics come from the photos they rated."""
+    raters = [RaterData(u.X, u.y) for u in user_data(data, features, data.train_workers)]
+    train = data.ratings.subset(~np.isin(data.ratings.workers, np.asarray(sorted(data.test_workers) or [""])))
+    X_images = features.X(features.rows(np.unique(train.images)))
+    return fit_prior(raters, X_images, **kwargs)
 
 
 def _run(tasks, n_jobs: int, progress: Callable[[], None] | None):
@@ -86,7 +102,8 @@ def fpmf_for(data: FlickrAES, features: FeatureMatrix, **kwargs) -> FPMFNetwork:
 
 
 def _table4_user(u: UserData, index: int, ks: Sequence[int], repeats: int, seed: int,
-                 pam_params: dict, fpmf: FPMFNetwork | None) -> np.ndarray:
+                 pam_params: dict, fpmf: FPMFNetwork | None, prior: TastePrior | None = None) -> np.ndarray:
+    """[ks, repeats, methods] improvements; k = 0 scores the zero-rating models on every image."""
     out = np.full((len(ks), repeats, len(TABLE4_METHODS)), np.nan)
     n = u.y.size
     for a, k in enumerate(ks):
@@ -97,40 +114,84 @@ def _table4_user(u: UserData, index: int, ks: Sequence[int], repeats: int, seed:
             perm = rng.permutation(n)
             tr, te = perm[:k], perm[k:]
             generic = u.X[te, -1]
+            if u.taste is not None:
+                out[a, r, 4] = _improvement(u.y[te], generic + u.taste[te], generic)
+            if k == 0:
+                out[a, r, 2] = 0.0
+                if prior is not None:
+                    zero = PriorPAM(prior).fit_empty(u.X.shape[1] - 1).predict(u.X[te])
+                    out[a, r, 3] = _improvement(u.y[te], zero, generic)
+                continue
             svm = DirectSVR(**pam_params).fit(u.X[tr], u.y[tr]).predict(u.X[te])
             pam = PAM(**pam_params).fit(u.X[tr], u.y[tr]).predict(u.X[te])
             out[a, r, 0] = _improvement(u.y[te], svm, generic)
             if fpmf is not None:
                 out[a, r, 1] = _improvement(u.y[te], fpmf.fit_user(u.X[tr], u.y[tr]).predict(u.X[te]), generic)
             out[a, r, 2] = _improvement(u.y[te], pam, generic)
+            if prior is not None:
+                out[a, r, 3] = _improvement(u.y[te], PriorPAM(prior).fit(u.X[tr], u.y[tr]).predict(u.X[te]), generic)
+    return out
+
+
+def paired_summary(raw: np.ndarray, methods: Sequence[str], reference: str = "PAM") -> dict:
+    """Per method, from raw [users, repeats, methods]: mean improvement, s.d. over repeats of the
+    user-averaged improvement (Table 4's +-), the paired difference to `reference` with its
+    standard error over users, users helped / hurt (their mean improvement > 0 / < 0), and the
+    share of the headroom between the reference and the oracle."""
+    ref = methods.index(reference)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # methods not run are all-NaN columns
+        per_user = np.nanmean(raw, axis=1)  # [users, methods]
+    oracle = per_user[:, methods.index("Oracle")] if "Oracle" in methods else None
+    out = {}
+    for m, name in enumerate(methods):
+        col = raw[:, :, m]
+        if np.all(np.isnan(col)):
+            continue
+        users = per_user[:, m]
+        ok = np.isfinite(users)
+        diff = users - per_user[:, ref]
+        okd = np.isfinite(diff)
+        row = {"mean": float(np.nanmean(col)), "std": float(np.nanstd(np.nanmean(col, axis=0))),
+               "std_over_users": float(np.nanstd(users)), "users": int(ok.sum()),
+               "helped": int((users[ok] > 0).sum()), "hurt": int((users[ok] < 0).sum()),
+               "diff_vs_" + reference: float(np.mean(diff[okd])) if okd.any() else float("nan"),
+               "se_vs_" + reference: float(np.std(diff[okd], ddof=1) / np.sqrt(okd.sum())) if okd.sum() > 1
+               else float("nan")}
+        if oracle is not None and np.isfinite(oracle).any():
+            room = float(np.nanmean(oracle) - np.nanmean(per_user[:, ref]))
+            row["headroom_share"] = (float(np.nanmean(users) - np.nanmean(per_user[:, ref])) / room
+                                     if room > 0 else float("nan"))
+        out[name] = row
     return out
 
 
 def table4(data: FlickrAES, features: FeatureMatrix, *, ks: Sequence[int] = (10, 100), repeats: int = 50,
            seed: int = 0, n_jobs: int = 2, pam_params: dict | None = None, fpmf: FPMFNetwork | None = None,
+           prior: TastePrior | None = None, oracle: Callable | None = None,
            progress: Callable[[], None] | None = None) -> dict:
-    """Table 4; returns per-k, per-method mean/std and the raw [users, repeats] improvements."""
-    users = user_data(data, features, sorted(data.test_workers))
-    tasks = (delayed(_table4_user)(u, i, tuple(ks), repeats, seed, dict(pam_params or {}), fpmf)
+    """Table 4 (k = 0 allowed: the zero-rating models); returns per-k, per-method summaries
+    (paired_summary) and the raw [users, ks, repeats, methods] improvements."""
+    users = user_data(data, features, sorted(data.test_workers), oracle=oracle)
+    tasks = (delayed(_table4_user)(u, i, tuple(ks), repeats, seed, dict(pam_params or {}), fpmf, prior)
              for i, u in enumerate(users))
     raw = np.stack(_run(tasks, n_jobs, progress))  # [users, ks, repeats, methods]
     result = {"ks": list(ks), "repeats": repeats, "n_users": len(users), "methods": list(TABLE4_METHODS),
               "rows": {}, "raw": raw}
     for a, k in enumerate(ks):
-        row = {}
-        for m, name in enumerate(TABLE4_METHODS):
-            per_repeat = np.nanmean(raw[:, a, :, m], axis=0)  # average over users
-            if (name == "FPMF" and fpmf is None) or np.all(np.isnan(per_repeat)):
-                continue
-            row[name] = {"mean": float(np.nanmean(raw[:, a, :, m])), "std": float(np.nanstd(per_repeat)),
-                         "std_over_users": float(np.nanstd(np.nanmean(raw[:, a, :, m], axis=1)))}
-        result["rows"][int(k)] = row
+        rows = paired_summary(raw[:, a], list(TABLE4_METHODS))
+        if fpmf is None:
+            rows.pop("FPMF", None)
+        result["rows"][int(k)] = rows
     return result
 
 
 # --- Figure 6 --------------------------------------------------------------------------------
 def _active_user_trial(u: UserData, index: int, trial: int, budgets: Sequence[int], strategies: Sequence[str],
-                       seed: int, pam_params: dict, holdout: float = 0.0) -> np.ndarray:
+                       seed: int, pam_params: dict, holdout: float = 0.0,
+                       prior: TastePrior | None = None) -> np.ndarray:
+    """[strategies, scoring models, budgets]: each strategy's rated set scored with PAM and with
+    Prior-PAM (NaN without a prior)."""
     n = u.y.size
     rng = np.random.default_rng([seed, index, trial])
     if holdout > 0:  # a fixed held-out part no strategy may pick; the rest is the album
@@ -142,22 +203,32 @@ def _active_user_trial(u: UserData, index: int, trial: int, budgets: Sequence[in
     m = album.size
     seed_set = rng.choice(m, size=min(10, m), replace=False)
     order_seed = int(rng.integers(2**31))
-    out = np.full((len(strategies), len(budgets)), np.nan)
+    out = np.full((len(strategies), len(SCORING_MODELS), len(budgets)), np.nan)
     top = min(max(budgets), m - 2 if test is None else m)
     for s, name in enumerate(strategies):
         if name == "active-pam":
             state = ActivePAM(V, X, seed=order_seed, seed_indices=seed_set, pam_params=pam_params)
+        elif name == "posterior":
+            if prior is None:
+                continue
+            state = PosteriorStrategy(V, X, prior=prior, seed=order_seed, seed_indices=seed_set)
         else:
             state = SELECTORS[name](V, X, seed=order_seed, seed_indices=seed_set, pam_params=pam_params)
         while True:
-            n_rated = len(state.rated_indices)
+            rated = state.rated_indices
+            n_rated = rated.size
             if n_rated in budgets:
                 if test is None:  # the paper's reading: the album's photos not rated yet
-                    rest = np.setdiff1d(np.arange(m), state.rated_indices)
+                    rest = np.setdiff1d(np.arange(m), rated)
                     Xe, ye = X[rest], y[rest]
                 else:
                     Xe, ye = u.X[test], u.y[test]
-                out[s, budgets.index(n_rated)] = _improvement(ye, state.model.predict(Xe), Xe[:, -1])
+                b = budgets.index(n_rated)
+                pam = PAM(**pam_params).fit(X[rated], y[rated])
+                out[s, 0, b] = _improvement(ye, pam.predict(Xe), Xe[:, -1])
+                if prior is not None:
+                    model = PriorPAM(prior).fit(X[rated], y[rated])
+                    out[s, 1, b] = _improvement(ye, model.predict(Xe), Xe[:, -1])
             if n_rated >= top:
                 break
             (i,) = state.suggest(1)
@@ -168,21 +239,36 @@ def _active_user_trial(u: UserData, index: int, trial: int, budgets: Sequence[in
 def active_curves(data: FlickrAES, features: FeatureMatrix, *, budgets: Sequence[int] = tuple(range(10, 101, 10)),
                   trials: int = 10, strategies: Sequence[str] = ACTIVE_STRATEGIES, seed: int = 0, n_jobs: int = 2,
                   pam_params: dict | None = None, w_aes: float | None = None, holdout: float = 0.0,
-                  progress: Callable[[], None] | None = None) -> dict:
+                  prior: TastePrior | None = None, progress: Callable[[], None] | None = None) -> dict:
     """Figure 6. holdout > 0: that fraction of each worker's images is set aside per trial, the
-    strategies pick from the rest, and every budget is scored on the same held-out images."""
+    strategies pick from the rest, and every budget is scored on the same held-out images.
+    Every strategy's rated set is scored with PAM and (given a prior) with Prior-PAM; each
+    curve's paired difference to random (same scoring model) has its standard error over users."""
     users = user_data(data, features, sorted(data.test_workers), w_aes)
     budgets = list(budgets)
+    strategies = [s for s in strategies if s != "posterior" or prior is not None]
     tasks = (delayed(_active_user_trial)(u, i, t, budgets, list(strategies), seed, dict(pam_params or {}),
-                                         holdout)
+                                         holdout, prior)
              for i, u in enumerate(users) for t in range(trials))
-    raw = np.stack(_run(tasks, n_jobs, progress)).reshape(len(users), trials, len(strategies), len(budgets))
-    per_trial = np.nanmean(raw, axis=0)  # [trials, strategies, budgets]
-    curves = {name: {"mean": np.nanmean(raw[:, :, s, :], axis=(0, 1)).tolist(),
-                     "std_over_trials": np.nanstd(per_trial[:, s, :], axis=0).tolist()}
-              for s, name in enumerate(strategies)}
+    raw = np.stack(_run(tasks, n_jobs, progress)).reshape(
+        len(users), trials, len(strategies), len(SCORING_MODELS), len(budgets))
+    curves = {}
+    rnd = strategies.index("random") if "random" in strategies else None
+    for s, name in enumerate(strategies):
+        for mi, model in enumerate(SCORING_MODELS):
+            cell = raw[:, :, s, mi, :]
+            if np.all(np.isnan(cell)):
+                continue
+            per_trial = np.nanmean(cell, axis=0)  # [trials, budgets]
+            curve = {"strategy": name, "model": model, "mean": np.nanmean(cell, axis=(0, 1)).tolist(),
+                     "std_over_trials": np.nanstd(per_trial, axis=0).tolist()}
+            if rnd is not None and s != rnd:
+                diff = np.nanmean(cell - raw[:, :, rnd, mi, :], axis=1)  # [users, budgets]
+                curve["diff_vs_random"] = np.nanmean(diff, axis=0).tolist()
+                curve["se_vs_random"] = (np.nanstd(diff, axis=0, ddof=1) / np.sqrt(diff.shape[0])).tolist()
+            curves[f"{name} / {model}"] = curve
     return {"budgets": budgets, "trials": trials, "n_users": len(users), "strategies": list(strategies),
-            "holdout": holdout, "curves": curves, "raw": raw}
+            "models": list(SCORING_MODELS), "holdout": holdout, "curves": curves, "raw": raw}
 
 
 # --- Figure 4 --------------------------------------------------------------------------------

@@ -99,6 +99,18 @@ class Properties:
 
 
 @dataclass
+class Raters:
+    """A rater model: each worker's bias, how a worker rates an image, and what is written to
+    workers.json (the hidden truth)."""
+
+    bias: np.ndarray  # [n_workers]
+    noise_sd: float  # s.d. of a rating's noise (check images get it too)
+    rate: object  # rate(worker_idx, image_idx) -> rounded, clipped 1-5 scores
+    truth: dict  # worker index -> JSON-safe hidden parameters
+    taste: object = None  # taste(worker_idx, image_idx) -> the personal taste term (the oracle's)
+
+
+@dataclass
 class Panel:
     config: PanelConfig
     properties: Properties
@@ -108,10 +120,19 @@ class Panel:
     random_labellers: list[str]
     check_truth: dict[str, float]
     workers: dict[str, dict] = field(default_factory=dict)  # id -> role, bias, taste weights
+    raters: Raters | None = None  # the rater model (in memory only)
+    worker_index: dict[str, int] = field(default_factory=dict)  # id -> index in the rater model
 
     def dataset(self) -> FlickrAES:
         """The cleaned data set, exactly as load_flickr_aes reads the written files."""
         return flickr_aes_from_ratings(self.ratings, self.test_workers, self.check_truth, source="simulated panel")
+
+    def true_taste(self, worker: str, image_ids) -> np.ndarray:
+        """The worker's personal taste term on these images (no bias, no noise): what an oracle
+        that knows the worker's taste adds to the generic score."""
+        rows = self.properties.features().rows(image_ids)
+        w = np.full(rows.size, self.worker_index[worker], dtype=np.int64)
+        return self.raters.taste(w, rows)
 
 
 def _attributes(rng, n) -> np.ndarray:
@@ -211,6 +232,31 @@ def _assign_test(rng, pool: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     return assigned
 
 
+def _default_raters(rng, props: Properties, n_workers: int, n_tw: int, n_te: int, deviation: float) -> Raters:
+    sd_b, sd_t, sd_n = (deviation * np.sqrt(s) for s in (BIAS_SHARE, TASTE_SHARE, NOISE_SHARE))
+    bias = rng.normal(0, sd_b, n_workers)
+    # taste weights, normalised so each part of taste has unit variance over images
+    u = rng.normal(size=(n_workers, N_ATTRIBUTES)) / np.sqrt(N_ATTRIBUTES * props.attributes.var(0).mean())
+    z = rng.normal(size=(n_workers, N_CONTENT)) / np.sqrt(N_CONTENT * props.content.var(0).mean())
+    y = rng.normal(size=(n_workers, N_STYLE)) / np.sqrt(N_STYLE)
+    mix = np.sqrt(1 - HIDDEN_TASTE) / np.sqrt(2)
+    content_mean = props.content.mean(0)
+
+    def taste(worker: np.ndarray, image: np.ndarray) -> np.ndarray:
+        return sd_t * (mix * (np.einsum("ij,ij->i", u[worker], props.attributes[image])
+                              + np.einsum("ij,ij->i", z[worker], props.content[image] - content_mean))
+                       + np.sqrt(HIDDEN_TASTE) * np.einsum("ij,ij->i", y[worker], props.hidden_style[image]))
+
+    def rate(worker: np.ndarray, image: np.ndarray) -> np.ndarray:
+        latent = props.shared_quality[image] + bias[worker] + taste(worker, image) + rng.normal(0, sd_n, image.size)
+        return np.clip(np.rint(latent), 1, 5)
+
+    truth = {w: {"bias": float(bias[w]), "attribute_taste": u[w].round(6).tolist(),
+                 "content_taste": z[w].round(6).tolist(), "style_taste": y[w].round(6).tolist()}
+             for w in range(n_workers)}
+    return Raters(bias, sd_n, rate, truth, taste)
+
+
 def simulate_panel(config: PanelConfig = PanelConfig(), *, base: FeatureMatrix | None = None,
                    deviation: float = DEVIATION, sigma_e: float = SIGMA_E) -> Panel:
     """Build the panel (seeded by config.seed). `base`: take image properties from a real
@@ -223,25 +269,19 @@ def simulate_panel(config: PanelConfig = PanelConfig(), *, base: FeatureMatrix |
         props = properties_from_features(base, rng, sigma_e=sigma_e)
         if props.image_ids.shape[0] != config.n_images:
             raise ValueError(f"config.n_images={config.n_images} but the table has {props.image_ids.shape[0]} rows")
+    return assemble_panel(config, rng, props,
+                          lambda n_workers, n_tw, n_te: _default_raters(rng, props, n_workers, n_tw, n_te, deviation))
+
+
+def assemble_panel(config: PanelConfig, rng: np.random.Generator, props: Properties, make_raters) -> Panel:
+    """Section 3's set-up around a rater model: worker ids, the test split, who rates what,
+    random labellers and check images. make_raters(n_workers, n_train, n_test) -> Raters; workers
+    are indexed training first, then test, then random labellers."""
     n_tw, n_te, n_rand = config.n_train_workers, config.n_test_workers, config.n_random_labellers
     n_workers = n_tw + n_te + n_rand
     ids = np.asarray([f"W{k:04d}" for k in rng.permutation(n_workers) + 1])
     train_ids, test_ids, rand_ids = ids[:n_tw], ids[n_tw:n_tw + n_te], ids[n_tw + n_te:]
-
-    sd_b, sd_t, sd_n = (deviation * np.sqrt(s) for s in (BIAS_SHARE, TASTE_SHARE, NOISE_SHARE))
-    bias = rng.normal(0, sd_b, n_workers)
-    # taste weights, normalised so each part of taste has unit variance over images
-    u = rng.normal(size=(n_workers, N_ATTRIBUTES)) / np.sqrt(N_ATTRIBUTES * props.attributes.var(0).mean())
-    z = rng.normal(size=(n_workers, N_CONTENT)) / np.sqrt(N_CONTENT * props.content.var(0).mean())
-    y = rng.normal(size=(n_workers, N_STYLE)) / np.sqrt(N_STYLE)
-    mix = np.sqrt(1 - HIDDEN_TASTE) / np.sqrt(2)
-
-    def rate(worker: np.ndarray, image: np.ndarray) -> np.ndarray:
-        taste = (mix * (np.einsum("ij,ij->i", u[worker], props.attributes[image])
-                        + np.einsum("ij,ij->i", z[worker], props.content[image] - props.content.mean(0)))
-                 + np.sqrt(HIDDEN_TASTE) * np.einsum("ij,ij->i", y[worker], props.hidden_style[image]))
-        latent = props.shared_quality[image] + bias[worker] + sd_t * taste + rng.normal(0, sd_n, image.size)
-        return np.clip(np.rint(latent), 1, 5)
+    raters = make_raters(n_workers, n_tw, n_te)
 
     # test split: test images are rated by test workers only
     split = np.full(config.n_images, "train", dtype=object)
@@ -260,18 +300,17 @@ def simulate_panel(config: PanelConfig = PanelConfig(), *, base: FeatureMatrix |
 
     worker_idx = np.concatenate([tr_wrk, te_wrk])
     image_idx = np.concatenate([tr_img, te_img])
-    scores = rate(worker_idx, image_idx)
+    scores = raters.rate(worker_idx, image_idx)
     rating_workers = [ids[worker_idx]]
     rating_images = [props.image_ids[image_idx]]
     rating_scores = [scores]
 
     # random labellers: uniform 1-5 on training images (their own extra ratings)
-    for k, wid in enumerate(rand_ids):
+    for wid in rand_ids:
         imgs = rng.choice(train_pool, size=min(RANDOM_LABELLER_RATINGS, train_pool.size), replace=False)
         rating_workers.append(np.full(imgs.size, wid))
         rating_images.append(props.image_ids[imgs])
         rating_scores.append(rng.integers(1, 6, imgs.size).astype(np.float64))
-        del k
 
     # check images: 3 per 20-image task, true score 1 or 5; honest workers rate them like any image
     check_ids = np.asarray([f"check/{i:03d}.jpg" for i in range(N_CHECK_IMAGES)])
@@ -287,7 +326,7 @@ def simulate_panel(config: PanelConfig = PanelConfig(), *, base: FeatureMatrix |
         if w >= n_tw + n_te:
             s = rng.integers(1, 6, n_check).astype(np.float64)
         else:
-            s = np.clip(np.rint(check_ts[pick] + bias[w] + rng.normal(0, sd_n, n_check)), 1, 5)
+            s = np.clip(np.rint(check_ts[pick] + raters.bias[w] + rng.normal(0, raters.noise_sd, n_check)), 1, 5)
         rating_workers.append(np.full(n_check, ids[w]))
         rating_images.append(check_ids[pick])
         rating_scores.append(s)
@@ -296,11 +335,9 @@ def simulate_panel(config: PanelConfig = PanelConfig(), *, base: FeatureMatrix |
                       np.concatenate(rating_scores))
     props = Properties(**{**props.__dict__, "split": split})
     roles = ["train"] * n_tw + ["test"] * n_te + ["random"] * n_rand
-    workers = {str(ids[w]): {"role": roles[w], "bias": float(bias[w]), "attribute_taste": u[w].round(6).tolist(),
-                             "content_taste": z[w].round(6).tolist(), "style_taste": y[w].round(6).tolist()}
-               for w in range(n_workers)}
+    workers = {str(ids[w]): {"role": roles[w], **raters.truth[w]} for w in range(n_workers)}
     return Panel(config, props, ratings, sorted(test_ids.tolist()), sorted(train_ids.tolist()),
-                 sorted(rand_ids.tolist()), truth, workers)
+                 sorted(rand_ids.tolist()), truth, workers, raters, {str(w): i for i, w in enumerate(ids.tolist())})
 
 
 def panel_statistics(panel: Panel) -> dict:

@@ -9,10 +9,12 @@ Stages (each prints progress on stderr; a failure names its stage and what to do
  5 export      `pam export`: the fused five-crop ONNX graph + model card
  6 features    `pam features`: the Ray Data batch job -> Parquet feature table, then `pam index`:
                the text index beside it (for `pam search`)
- 7 serve       `pam serve`: Ray Serve on a local Ray, on 127.0.0.1
- 8 sessions    the simulated users rate photos over HTTP (Active-PAM vs random), re-ranking after each
- 9 report      report.html + PNG plots in --out
-Stages 4-7 run the `pam` subcommands as child processes, exactly as a user would type them (the
+ 7 prior       `pam fit-prior`: the population taste prior of that feature version, from the
+               panel's training raters
+ 8 serve       `pam serve`: Ray Serve on a local Ray, on 127.0.0.1
+ 9 sessions    the simulated users rate photos over HTTP (Active-PAM vs random), re-ranking after each
+10 report      report.html + PNG plots in --out
+Stages 4-8 run the `pam` subcommands as child processes, exactly as a user would type them (the
 report lists the commands): torch's memory is gone before Ray starts, each Ray is started and
 stopped by the command that needs it, and the service is reached over HTTP like any client.
 Stages 1-3 have no subcommand of their own that composes them, so they run in-process.
@@ -29,7 +31,7 @@ from pathlib import Path
 
 HELP = ("The whole pipeline on the embedded default (photos -> simulated panel -> train -> export -> Ray Data "
         "features -> Ray Serve -> Active-PAM sessions over HTTP), with an HTML report and the curation page")
-N_STAGES = 9
+N_STAGES = 10
 CURATION_USER = "you"
 
 
@@ -123,7 +125,7 @@ class DemoRun:
 
     def run_stages(self) -> None:
         for step in (self.album, self.properties, self.panel, self.train, self.export, self.features,
-                     self.serve, self.sessions, self.report):
+                     self.prior, self.serve, self.sessions, self.report):
             step()
         self.state["stages"] = self.stages.as_list()
 
@@ -241,6 +243,24 @@ class DemoRun:
                                                                           "--json"))
 
     # 7 -------------------------------------------------------------------------------------
+    def prior(self) -> None:
+        from pam.demo.stages import pam_command
+
+        files = self.panel_.files
+        argv = pam_command("fit-prior", "--ratings", files["ratings"], "--features", str(self.features_root),
+                           "--test-workers", files["test_workers"], "--check-images", files["check_images"], "--json")
+        with self.stages.stage("prior", "prior: population taste prior of the feature version (pam fit-prior)",
+                               f"read {self.out / 'prior.log'}; the ratings are in {self.out / 'panel'}") as rec:
+            summary = self._child("prior", argv)
+            rec.items, rec.unit = summary.get("ratings"), "ratings"
+            zero = summary.get("zero_ratings") or {}
+            self.state["prior"] = {k: summary.get(k) for k in (
+                "path", "model_version", "raters", "ratings", "rank", "residual_C", "residual_min_ratings",
+                "use_population_offset", "seconds")}
+            self.state["prior"]["population_offset_gain"] = zero.get("population_offset_gain")
+            self.state["prior"]["cv"] = (summary.get("cv") or {}).get("improvement")
+
+    # 8 -------------------------------------------------------------------------------------
     def serve(self) -> None:
         from pam.client import Client
         from pam.demo.stages import ServiceProcess, pam_command, say
@@ -276,7 +296,7 @@ class DemoRun:
                                "used": balanced if balanced and takes_flag else "the service's default"}
         return ["--w-aes", f"{balanced:.6g}"] if balanced and takes_flag else []
 
-    # 8 -------------------------------------------------------------------------------------
+    # 9 -------------------------------------------------------------------------------------
     def sessions(self) -> None:
         from pam.demo.sessions import mean_curves, run_sessions
 
@@ -319,7 +339,7 @@ class DemoRun:
                 "rho_vs_users": {r.user: rho for r, rho in zip(active, rhos, strict=True)},
                 "rho_vs_users_mean": float(np.nanmean(rhos)) if rhos else None}
 
-    # 9 -------------------------------------------------------------------------------------
+    # 10 ------------------------------------------------------------------------------------
     def report(self) -> None:
         import numpy as np
 
@@ -411,6 +431,11 @@ def render(summary: dict) -> str:
     if generic:
         lines.append(f"generic model {generic['model_version']}: validation rho {_num(generic['validation_rho'])}, "
                      f"rho vs the simulated users {_num(generic['rho_vs_users_mean'])}")
+    prior = summary.get("prior")
+    if prior:
+        lines.append(f"taste prior of {prior['model_version']}: {prior['raters']} training raters, covariance "
+                     f"{'full' if prior['rank'] is None else 'rank ' + str(prior['rank'])}, before any rating: "
+                     f"{'population offset' if prior['use_population_offset'] else 'generic score'}")
     personal = summary.get("personalization")
     if personal:
         finals = ", ".join(f"{k} {v:+.3f}" for k, v in personal["final"].items())

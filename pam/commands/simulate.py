@@ -25,14 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0,
                         help="panel size relative to the paper's (40k images, 210 workers); 1 = paper")
+    parser.add_argument("--kind", choices=("default", "robust"), default="default",
+                        help="default: the paper-calibrated panel; robust: the robustness panel (non-linear, "
+                             "clustered, shifted taste; noisy attributes; docs/personalize.md)")
     parser.add_argument("--properties", type=Path,
                         help="a feature table (Parquet file or feature-store root) of real photos whose "
                              "attributes, content and aes_feat replace the generated properties")
 
 
-def read_feature_matrix(path: Path):
-    """A FeatureMatrix from a Parquet file or a feature-store root (its CURRENT version);
-    rows whose error is set are dropped. Returns (FeatureMatrix, the pyarrow table)."""
+def read_feature_matrix(path: Path, model_version: str | None = None):
+    """A FeatureMatrix from a Parquet file or a feature-store root (its CURRENT version, or
+    `model_version`); rows whose error is set are dropped. Returns (FeatureMatrix, the pyarrow table)."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -41,7 +44,7 @@ def read_feature_matrix(path: Path):
 
     path = Path(path)
     if path.is_dir():
-        table = ft.FeatureTable(path).read()
+        table = ft.FeatureTable(path).read(model_version)
     elif path.is_file():
         table = pq.read_table(path)
     else:
@@ -78,7 +81,8 @@ def write_panel(panel, out: Path) -> dict:
     (out / "workers.json").write_text(json.dumps(panel.workers, indent=1) + "\n")
 
     p = panel.properties
-    version = f"{MODEL_VERSION_PREFIX}-seed{panel.config.seed}"
+    kind = "-robust" if "cluster" in next(iter(panel.workers.values())) else ""
+    version = f"{MODEL_VERSION_PREFIX}{kind}-seed{panel.config.seed}"
     table = ft.feature_table(p.image_ids.tolist(), {"aes_score": p.aes_score, "aes_feat": p.aes_feat,
                                                     "attributes": p.attributes, "content": p.content}, version)
     hidden = {
@@ -97,10 +101,16 @@ def write_panel(panel, out: Path) -> dict:
             "features": str(features), "model_version": version}
 
 
-def build_panel(seed: int = 0, scale: float = 1.0, properties: Path | None = None):
+def build_panel(seed: int = 0, scale: float = 1.0, properties: Path | None = None, kind: str = "default"):
     from personalize.simulate import PanelConfig, simulate_panel
 
     config = PanelConfig(seed=seed)
+    if kind == "robust":
+        from personalize.robust_panel import simulate_robust_panel
+
+        if properties is not None:
+            raise SystemExit("pam simulate: the robust panel generates its own properties (drop --properties)")
+        return simulate_robust_panel(config if scale == 1.0 else config.scaled(scale))
     base = None
     if properties is not None:
         base, _ = read_feature_matrix(properties)
@@ -114,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     from personalize import simulate
 
     started = time.perf_counter()
-    panel = build_panel(args.seed, args.scale, args.properties)
+    panel = build_panel(args.seed, args.scale, args.properties, args.kind)
     files = write_panel(panel, args.out)
     stats = simulate.panel_statistics(panel)
     frozen = {name: getattr(simulate, name) for name in (
@@ -123,6 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     summary = {
         "out": str(args.out),
         "config": asdict(panel.config),
+        "kind": args.kind,
         "properties": str(args.properties) if args.properties else "generated",
         "frozen_parameters": frozen,
         "calibration_targets": simulate.CALIBRATION,

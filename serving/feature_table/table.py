@@ -43,7 +43,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from serving.feature_table import files
-from serving.feature_table.files import TMP_MARK, exists, is_local, join, read_bytes, write_atomic
+from serving.feature_table.files import (
+    TMP_MARK,
+    exists,
+    is_local,
+    join,
+    local_path,
+    read_bytes,
+    write_atomic,
+)
 from serving.feature_table.index import DEFAULT_MEMORY_BYTES, build_index, find_duplicates
 from serving.feature_table.lease import DEFAULT_LEASE_S, Lease
 from serving.feature_table.schema import (
@@ -214,6 +222,15 @@ class Version:
     # ------------------------------------------------------------------ state
     def is_complete(self) -> bool:
         return exists(self.fs, join(self.path, MANIFEST_NAME))
+
+    def sidecar_path(self, name: str) -> str:
+        """The local path of a file other parts keep with this version (a taste prior, say); its name
+        starts with an underscore, so engines reading the table skip it."""
+        if not name.startswith("_"):
+            raise ValueError(f"{name!r}: a version's side files start with '_' (engines would read it)")
+        if not self.table.is_local:
+            raise ValueError(f"{self.table.uri}: side files are kept only on local tables")
+        return local_path(self.fs, join(self.path, name))
 
     def manifest(self) -> dict:
         try:

@@ -17,7 +17,7 @@ from PIL import Image
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.torch, pytest.mark.slow]
-STAGES = ["album", "properties", "panel", "train", "export", "features", "serve", "sessions", "report"]
+STAGES = ["album", "properties", "panel", "train", "export", "features", "prior", "serve", "sessions", "report"]
 
 
 def test_pam_demo_runs_the_whole_pipeline(tmp_path):
@@ -50,7 +50,8 @@ def test_pam_demo_runs_the_whole_pipeline(tmp_path):
     active = next(s for s in sessions if s["strategy"] == "active")
     assert active["phases"][:10] == ["seed"] * 10 and "active" in active["phases"][10:]
     assert summary["service"]["requests"] > 4 * personal["budget"]
-    assert [c.split()[1] for c in summary["commands"]] == ["train", "export", "features", "index", "serve"]
+    assert [c.split()[1] for c in summary["commands"]] == ["train", "export", "features", "index", "fit-prior",
+                                                           "serve"]
     assert summary["search_index"]["documents"] == 40  # the text index beside the feature table
 
     page = Path(summary["files"]["report"]).read_text()

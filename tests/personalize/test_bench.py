@@ -13,3 +13,5 @@ def test_bench_runs_small_and_reports_ratios():
     assert summary["fit_predict"]["predict_1000_ms"]["max_abs_diff_vs_libsvm"] < 1e-9
     assert summary["active_step"]["step_ms"]["speedup_vs_full"] > 0
     assert "| PAM fit, 100 ratings |" in summary["_render"]
+    assert summary["prior"]["rerank_1000_with_std_ms"]["max_abs_diff"] < 1e-9
+    assert "| posterior strategy step, 600 photos" in summary["_render"]

@@ -12,10 +12,16 @@ from personalize.simulate import PanelConfig, simulate_panel
 ROOT = Path(__file__).resolve().parents[2]
 
 
+class _Small(tuple):
+    panel = None
+
+
 @pytest.fixture(scope="module")
 def small():
     panel = simulate_panel(PanelConfig().scaled(0.03))
-    return panel.dataset(), panel.properties.features()
+    out = _Small((panel.dataset(), panel.properties.features()))
+    out.panel = panel
+    return out
 
 
 def test_table4_is_deterministic_and_independent_of_processes(small):
@@ -24,11 +30,36 @@ def test_table4_is_deterministic_and_independent_of_processes(small):
     one = P.table4(data, fm, ks=(10,), repeats=3, n_jobs=1, fpmf=fpmf)
     two = P.table4(data, fm, ks=(10,), repeats=3, n_jobs=2, fpmf=fpmf)
     np.testing.assert_array_equal(one["raw"], two["raw"])
-    assert one["raw"].shape == (len(data.test_workers), 1, 3, 3)
-    assert set(one["rows"][10]) == {"SVM", "FPMF", "PAM"}
-    # the generic model's own improvement is zero by construction: PAM with a constant offset
-    # (every user score = generic + c) changes no ranking
-    assert np.isfinite(one["raw"]).all()
+    assert one["raw"].shape == (len(data.test_workers), 1, 3, len(P.TABLE4_METHODS))
+    assert set(one["rows"][10]) == {"SVM", "FPMF", "PAM"}  # no prior, no oracle given
+    assert np.isfinite(one["raw"][..., :3]).all()
+
+
+def test_table4_with_the_prior_and_the_oracle(small):
+    panel, data, fm = small.panel, *small
+    prior = P.prior_for(data, fm, folds=2, ks=(10,), repeats=1)
+    result = P.table4(data, fm, ks=(0, 10), repeats=2, n_jobs=1, prior=prior, oracle=panel.true_taste)
+    rows = result["rows"]
+    assert set(rows[10]) == {"SVM", "PAM", "Prior-PAM", "Oracle"}
+    assert rows[0]["PAM"]["mean"] == 0.0  # no rating: PAM is the generic score
+    assert rows[10]["Oracle"]["mean"] > rows[10]["PAM"]["mean"]
+    for row in rows[10].values():
+        assert row["helped"] + row["hurt"] <= row["users"] and np.isfinite(row["se_vs_PAM"])
+    assert np.isfinite(rows[10]["Prior-PAM"]["headroom_share"])
+
+
+def test_prior_never_sees_a_test_worker(small):
+    data, fm = small
+    prior = P.prior_for(data, fm, choose=False)
+    # the test workers' ratings changed: the prior is the same
+    from personalize.data import FlickrAES
+
+    r = data.ratings
+    flipped = np.where(np.isin(r.workers, sorted(data.test_workers)), 6 - r.scores, r.scores)
+    other = FlickrAES(type(r)(r.workers, r.images, flipped), data.test_workers, data.worker_performance)
+    again = P.prior_for(other, fm, choose=False)
+    np.testing.assert_array_equal(prior.mu, again.mu)
+    np.testing.assert_array_equal(prior.cov, again.cov)
 
 
 def test_active_curves_start_from_the_shared_seed_set(small):
@@ -36,15 +67,26 @@ def test_active_curves_start_from_the_shared_seed_set(small):
     result = P.active_curves(data, fm, budgets=[10, 14], trials=1, n_jobs=1)
     first = [c["mean"][0] for c in result["curves"].values()]
     assert np.allclose(first, first[0])  # at 10 images every strategy has the same seed set
-    assert result["raw"].shape == (len(data.test_workers), 1, 5, 2)
+    assert result["raw"].shape == (len(data.test_workers), 1, 5, 2, 2)  # no prior: no posterior strategy
+
+
+def test_active_curves_with_the_posterior_strategy(small):
+    data, fm = small
+    prior = P.prior_for(data, fm, choose=False)
+    result = P.active_curves(data, fm, budgets=[10, 13], trials=1, n_jobs=1, holdout=0.3, prior=prior,
+                             strategies=["posterior", "random"])
+    curves = result["curves"]
+    assert set(curves) == {"posterior / PAM", "posterior / Prior-PAM", "random / PAM", "random / Prior-PAM"}
+    assert curves["posterior / Prior-PAM"]["diff_vs_random"][0] == 0.0  # the shared random start
+    assert np.isfinite(curves["posterior / Prior-PAM"]["se_vs_random"][1])
 
 
 def test_active_curves_with_a_fixed_held_out_set(small):
     data, fm = small
     result = P.active_curves(data, fm, budgets=[10, 13], trials=1, n_jobs=1, holdout=0.3,
                              strategies=["active-pam", "random"])
-    at10 = [c["mean"][0] for c in result["curves"].values()]
-    assert np.isfinite(result["raw"]).all() and at10[0] == at10[1]
+    at10 = [c["mean"][0] for c in result["curves"].values() if c["model"] == "PAM"]
+    assert np.isfinite(result["raw"][..., 0, :]).all() and at10[0] == at10[1]
 
 
 def test_taste_experiment_ranks(small):
@@ -69,7 +111,7 @@ def test_pam_eval_commands_write_tables_and_plots(tmp_path, capsys):
     panel_dir = tmp_path / "panel"
     assert main(["simulate", "--out", str(panel_dir), "--scale", "0.03"]) == 0
     runs = {
-        "table4": ["--repeats", "2", "--fpmf-iter", "10", "--jobs", "1"],
+        "table4": ["--repeats", "2", "--fpmf-iter", "10", "--jobs", "1", "--ks", "0", "10"],
         "active": ["--trials", "1", "--budgets", "10", "12", "--strategies", "active-pam", "random", "--jobs", "1"],
         "taste": ["--ks", "10", "--sigmas", "0.5", "--runs", "2", "--jobs", "1"],
     }
@@ -83,8 +125,14 @@ def test_pam_eval_commands_write_tables_and_plots(tmp_path, capsys):
             assert (out / name).stat().st_size > 0, name
         assert (out / "summary.json").is_file()
     assert main(["eval", "table4", "--panel", str(panel_dir), "--out", str(tmp_path / "human"), "--repeats", "1",
-                 "--fpmf-iter", "5", "--jobs", "1", "--no-progress"]) == 0
+                 "--fpmf-iter", "5", "--jobs", "1", "--no-progress", "--ks", "10", "--no-prior"]) == 0
     assert "| images per user | SVM | FPMF | PAM |" in capsys.readouterr().out
+    # the robustness panel, generated in memory, with its oracle
+    assert main(["eval", "table4", "--panel-kind", "robust", "--scale", "0.03", "--out", str(tmp_path / "robust"),
+                 "--repeats", "1", "--fpmf-iter", "5", "--jobs", "1", "--no-progress", "--ks", "10", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["data"].startswith("robustness panel") and "Oracle" in summary["table"]["10"]
+    assert summary["prior"]["cv"]["raters_scored"] >= 0
 
 
 def test_pam_eval_reports_a_bad_ratings_file(tmp_path):
