@@ -232,8 +232,10 @@ def parse_rerank(data: Any, where: str = "body", extra_keys: frozenset = frozens
                               or not 1 <= top_k <= MAX_CANDIDATES):
         raise ApiError(422, "invalid_field", f"{where}: top_k must be an integer in [1, {MAX_CANDIDATES}]")
     include = data.get("include")
-    if include is not None and (not isinstance(include, list) or any(i not in INCLUDE_OPTIONS for i in include)):
-        raise ApiError(422, "invalid_field", f"{where}: include must be a list of {list(INCLUDE_OPTIONS)}")
+    if include is not None and (not isinstance(include, list) or any(i not in INCLUDE_OPTIONS for i in include)
+                                or len(set(include)) != len(include)):
+        raise ApiError(422, "invalid_field", f"{where}: include must be a list of distinct options from "
+                       f"{list(INCLUDE_OPTIONS)}")
     has_ids, has_items = data.get("candidates") is not None, data.get("items") is not None
     if has_ids == has_items:
         raise ApiError(422, "invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
