@@ -22,6 +22,7 @@ lost) is retried on the remaining photos, up to `max_attempts` times.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import math
 import os
@@ -351,6 +352,7 @@ def run_job(config: JobConfig) -> dict:
     probe = open_feature_backend(config.backend, threads=1, max_batch_size=config.batch_size)
     model_version = ft.check_version_name(probe.model_version)
     crop_policy = getattr(probe, "crop_policy", "") or ""
+    content_names = getattr(probe, "content_names", None)  # the model's content class names, if any
     probe.close()
 
     sources = list_sources(config.inputs, config.input_filesystem, all_files=config.all_files)
@@ -409,7 +411,8 @@ def run_job(config: JobConfig) -> dict:
                         "seconds": time.perf_counter() - started})
         return summary
     manifest = finalize(out_root, out_fs, model_version, crop_policy, config.rows_per_file,
-                        extra={"inputs": config.inputs, "backend": config.backend})
+                        extra={"inputs": config.inputs, "backend": config.backend,
+                               **({"content_names": json.loads(content_names)} if content_names else {})})
     promoted = False
     if config.promote:
         ft.set_current(out_root, model_version, out_fs)
