@@ -40,6 +40,16 @@ def _true_offsets(panel, attributes: np.ndarray, content: np.ndarray, worker: di
                          + (content - c_mean) @ np.asarray(worker["content_taste"]))
 
 
+def true_score_effects(panel, worker: dict, X: np.ndarray) -> np.ndarray:
+    """The worker's true visible taste in explain's units, on the 1-5 scale: the change in the
+    worker's latent score per s.d. of each feature over the photos X [n, 21] (content centred)."""
+    from personalize.simulate import DEVIATION, HIDDEN_TASTE, TASTE_SHARE
+
+    del panel  # the frozen defaults set the scale
+    scale = DEVIATION * np.sqrt(TASTE_SHARE) * np.sqrt(1 - HIDDEN_TASTE) / np.sqrt(2)
+    return scale * explain.true_taste(worker["attribute_taste"], worker["content_taste"], X)
+
+
 def worker_inputs(panel, worker_id: str, data=None, fm=None) -> tuple[np.ndarray, ...]:
     """(X [n, 21] of the worker's rated photos, the worker's ratings, the noise-free oracle
     ratings, the true taste [20])."""
