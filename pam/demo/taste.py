@@ -61,8 +61,9 @@ def plot(taste: dict, path: Path) -> Path:
         ax.axvline(0, color="k", lw=0.6)
         ax.set_title(f"{u['user']}: {u['n_ratings']} ratings\nrank corr. {u['rho']:+.2f}", fontsize=8.5)
         ax.tick_params(axis="x", labelsize=7)
-    axes[0][0].set_yticks(y, [f"{k} {n}"[:28] for k, n in zip(FEATURE_KEYS, users[0]["names"], strict=True)],
-                          fontsize=7)
+    labels = [(f"{k} {n}" if i < 10 else n)[:30] for i, (k, n) in enumerate(zip(FEATURE_KEYS, users[0]["names"],
+                                                                                   strict=True))]
+    axes[0][0].set_yticks(y, labels, fontsize=7)
     axes[0][0].invert_yaxis()
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.supxlabel("change in score per s.d. of the feature (pale: not supported by the ratings yet)", fontsize=8)
