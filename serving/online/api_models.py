@@ -241,8 +241,10 @@ def parse_rerank(data: Any, where: str = "body", extra_keys: frozenset = frozens
         raise ApiError(422, "invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
                        "or 'items' (inline features)")
     if has_ids:
-        return RerankQuery(check_image_ids(data["candidates"], "candidates", MAX_CANDIDATES), top_k)
-    return _parse_inline(data["items"], where, top_k)
+        return RerankQuery(check_image_ids(data["candidates"], "candidates", MAX_CANDIDATES), top_k, include=include)
+    query = _parse_inline(data["items"], where, top_k)
+    query.include = frozenset(include or ())
+    return query
 
 
 def _parse_inline(items: Any, where: str, top_k: int | None) -> RerankQuery:
