@@ -203,7 +203,10 @@ def taste(model, X_album, X_rated, y_rated) -> Taste:
         raise ValueError(f"{X_rated.shape[0]} rated rows but {y_rated.shape[0]} scores")
     n = y_rated.shape[0]
     x_album = X_album[:, :-1]
-    mean, sd = x_album.mean(0), x_album.std(0)
+    if x_album.shape[0]:
+        mean, sd = x_album.mean(0), x_album.std(0)
+    else:
+        mean, sd = np.zeros(PAM_INPUT_DIM), np.zeros(PAM_INPUT_DIM)
     has_spread = sd > 1e-12
     if n == 0 or X_album.shape[0] == 0:
         zeros = np.zeros(PAM_INPUT_DIM)
