@@ -62,6 +62,7 @@ def build_card(export: dict, training: dict) -> dict:
                                                     "val_accuracy") if k in r} for r in rows]
                        for s, rows in history.items()},
         },
+        "content_classes": training.get("content_names"),
         "export_checks": export.get("checks", {}),
         "intended_use": ("Generic aesthetics score and the features PAM / Active-PAM personalise on "
                          "(Ren et al., ICCV 2017)."),
@@ -70,7 +71,8 @@ def build_card(export: dict, training: dict) -> dict:
              "demonstration of the pipeline, not a measure of real human taste. " if simulated else
              "") + "Scores are on the 1-5 scale of the training ratings; attributes are only as "
             "good as their labels (pixel measures unless AADB labels were given). The content "
-            "classes are k-means clusters of the training photos, with no names."),
+            "classes are k-means clusters of the training photos, named by the ImageNet classes "
+            "the trunk predicts most often for them (a rough description, not a label)."),
         "production_training": PRODUCTION_TRAINING,
     }
 
@@ -95,7 +97,12 @@ def render_markdown(card: dict) -> str:
               f"- generic score, Spearman rho: {_num(v['aesthetics_spearman_rho'])}",
               f"- attributes, mean Spearman rho: {_num(v['attributes_mean_spearman_rho'])}",
               f"- content, accuracy on the k-means classes: {_num(v['content_accuracy_on_kmeans_classes'])}",
-              "", "## Export checks", ""]
+              "", "## Content classes", ""]
+    for k, names in enumerate(card.get("content_classes") or []):
+        lines.append(f"- {k}: {', '.join(names) if names else '(no names)'}")
+    if not card.get("content_classes"):
+        lines.append("- unnamed: the trunk has no ImageNet classifier (the service numbers them)")
+    lines += ["", "## Export checks", ""]
     for name, value in checks.items():
         lines.append(f"- {name}: {json.dumps(value) if isinstance(value, dict) else value}")
     lines += ["", "## Intended use and limitations", "", card["intended_use"], "",

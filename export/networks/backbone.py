@@ -32,6 +32,12 @@ class Backbone(nn.Module):
     def classifier_features(self, fmap: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def imagenet_classifier(self):
+        """(weight [1000, classifier_channels], bias [1000]) of the ImageNet classifier that sits on
+        classifier_features(), as numpy arrays; None when the trunk has none (content classes
+        then stay unnamed: export.content_names)."""
+        return None
+
     # The early layers that the five crops can share (export.networks.shared_crops): a backbone
     # that splits forward() = forward_rest(forward_prefix(x)) says so with prefix_reach().
     def prefix_reach(self) -> Reach | None:

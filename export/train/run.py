@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from export import datasets
 from export.content import ContentClusters, fit_content_clusters
+from export.content_names import content_names_for
 from export.networks import PamNet, create_model
 
 from . import cache as trunk_cache
@@ -201,6 +202,9 @@ def _run(cfg: TrainConfig, net: PamNet, state: dict, momentum: dict, extra: dict
             stages.start_attributes(net)
         if stage == "content":
             clusters = _content_clusters(sp, extra, cfg.seed)
+            if "content_names" not in state:  # kept with the model: export.content_names
+                state["content_names"] = content_names_for(net.backbone, clusters["train_features"],
+                                                           clusters["train"].targets, clusters["clusters"].k)
         n_epochs = {"aesthetics": cfg.epochs, "attributes": cfg.attribute_epochs,
                     "content": cfg.content_epochs}[stage]
         bar = tqdm(range(start, n_epochs), desc=stage, unit="epoch", disable=not progress,
@@ -280,7 +284,7 @@ def _content_clusters(sp: dict[str, stages.Split], extra: dict, seed: int) -> di
         clusters, _ = fit_content_clusters(train_features, seed=seed)
         extra["content_centroids"] = torch.from_numpy(clusters.centroids)
     val = sp["aes_val"]
-    return {"clusters": clusters,
+    return {"clusters": clusters, "train_features": train_features,
             "train": stages.Split(sp["aes_train"].cache, sp["aes_train"].rows,
                                   clusters.assign(train_features)),
             "val": stages.Split(val.cache, val.rows,

@@ -320,6 +320,9 @@ class DemoRun:
                 "final": {k: v["mean"][-1] for k, v in curves.items()},
                 "sessions": [r.as_dict() for r in self.results]}
             self.state["generic"] = self._generic_summary()
+            from pam.demo import taste as demo_taste
+
+            self.state["taste"] = demo_taste.collect(self.url, self.panel_)
 
     def _generic_summary(self) -> dict:
         import numpy as np

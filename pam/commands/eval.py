@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-HELP = "Run an evaluation protocol: table4 (Table 4), active (Figure 6), taste (Figure 4), tune (PAM grid)"
-PROTOCOLS = ("table4", "active", "taste", "tune")
+HELP = ("Run an evaluation protocol: table4 (Table 4), active (Figure 6), taste (Figure 4), tune (PAM grid), "
+        "explain (recovered vs true taste)")
+PROTOCOLS = ("table4", "active", "taste", "tune", "explain")
 TUNE_GRID = [{"nu": nu, "C": C, "gamma": g} for nu in (0.2, 0.5, 0.8) for C in (0.1, 1.0, 10.0)
              for g in (0.02, 0.1, 0.5)]
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--scale", type=float, default=1.0, help="size of the generated panel (1 = the paper's)")
     data.add_argument("--panel-seed", type=int, default=0, help="seed of the generated panel")
     data.add_argument("--panel-kind", choices=("default", "robust"), default="default",
-                      help="which generated panel: the paper-calibrated one or the robustness panel")
+                      help="which generated panel: the paper-calibrated one or the robustness panel (every protocol)")
     parser.add_argument("--out", type=Path, help="output folder (default runs/eval-PROTOCOL)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the protocol's random draws")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (joblib)")
@@ -368,6 +369,13 @@ def _plot_taste(result, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- explain: pam.commands.eval_explain --------------------------------------------------------
+def _run_explain(args, data, features, out: Path) -> dict:
+    from pam.commands import eval_explain
+
+    return eval_explain.run(args, data, features, out)
 
 
 # --- tune ------------------------------------------------------------------------------------

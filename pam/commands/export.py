@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def _run(args: argparse.Namespace) -> dict:
     import hashlib
 
     from export import onnx_export as ox
+    from export.content_names import CONTENT_NAMES_KEY
     from export.model_card import build_card, write_model_card
     from export.train import load_trained
 
@@ -58,8 +60,10 @@ def _run(args: argparse.Namespace) -> dict:
     version = ox.make_model_version(backbone, net)
     out = args.out or Path("artifacts/models") / version
     _say(f"exporting {version} (the fused five-crop graph) ...")
-    onnx_path = ox.export_onnx(net, out / "pam_features.onnx", version,
-                               {"pam_trained_on": Path(training["config"]["ratings"]).name})
+    metadata = {"pam_trained_on": Path(training["config"]["ratings"]).name}
+    if training.get("content_names"):
+        metadata[CONTENT_NAMES_KEY] = json.dumps(training["content_names"])
+    onnx_path = ox.export_onnx(net, out / "pam_features.onnx", version, metadata)
     photos_root = args.photos or Path(training["config"]["images"])
     need = args.parity_images + (args.calibration_images + args.int8_eval_images if args.int8 else 0)
     _say(f"decoding up to {need} photos from {photos_root} ...")

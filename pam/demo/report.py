@@ -229,6 +229,10 @@ def render_html(summary: dict, images: dict[str, str]) -> str:
             parts.append(f"<p>Over all {len(personal.get('users', [])) or 'the'} simulated users, the mean "
                          f"rating of their top 8: generic {_fmt(everyone['generic'], 2)}, personalized "
                          f"{_fmt(everyone['personalized'], 2)}.</p>")
+    if "taste" in images:
+        from pam.demo.taste import html_section
+
+        parts += html_section(summary["taste"], images["taste"])
     if summary.get("curation_page"):
         parts += ["<h2>Curation page</h2>",
                   f"<p>Rate photos yourself at <a href='{html.escape(summary['curation_page'])}'>"
@@ -245,6 +249,10 @@ def write_report(summary: dict, out: Path, album_root: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     images = {"timings": plot_timings(summary["stages"], out / "demo-timings.png").name,
               "curves": plot_curves(summary["personalization"]["curves"], out / "demo-curves.png").name}
+    if summary.get("taste", {}).get("users"):
+        from pam.demo.taste import plot as plot_taste
+
+        images["taste"] = plot_taste(summary["taste"], out / "demo-taste.png").name
     if summary.get("figure3"):
         images["figure3"] = plot_figure3(summary["figure3"], album_root, out / "demo-figure3.png").name
     report = out / "report.html"

@@ -24,6 +24,7 @@ works around Ray's behaviour there lives in serving/cluster/ray_compat.py.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import math
 import os
@@ -285,19 +286,21 @@ def run_job(config: JobConfig) -> dict:
     probe = open_feature_backend(config.backend, threads=None if backend_kind(config.backend) == "torch" else 1,
                                  max_batch_size=config.batch_size)
     model_version, crop_policy = probe.model_version, getattr(probe, "crop_policy", "") or ""
+    content_names = getattr(probe, "content_names", None)  # the model's content class names, if any
     probe.close()
     table = FeatureTable(config.out, config.output_filesystem)
     version = table.version(model_version)
     sources = list_sources(config.inputs, config.input_filesystem, all_files=config.all_files)
     with version.lock(lease_s=config.lease_s, wait_s=config.wait_for_lock_s) as lease:
-        summary = _run_locked(config, version, crop_policy, sources, lease, started)
+        summary = _run_locked(config, version, crop_policy, content_names, sources, lease, started)
     if summary["complete"] and config.promote:
         table.set_current(model_version)
         summary["promoted"] = True
     return summary
 
 
-def _run_locked(config: JobConfig, version: Version, crop_policy: str, sources: Sources, lease, started: float) -> dict:
+def _run_locked(config: JobConfig, version: Version, crop_policy: str, content_names: str | None, sources: Sources,
+                lease, started: float) -> dict:
     version.remove_stale_temporaries()
     done, removed = version.written_ids()
     todo = remaining(sources.table, done)
@@ -353,7 +356,8 @@ def _run_locked(config: JobConfig, version: Version, crop_policy: str, sources: 
         return summary
     start = time.perf_counter()
     manifest = version.finalize(crop_policy, config.rows_per_file,
-                                extra={"inputs": config.inputs, "backend": config.backend},
+                                extra={"inputs": config.inputs, "backend": config.backend,
+                                       **({"content_names": json.loads(content_names)} if content_names else {})},
                                 memory_bytes=config.finalize_memory_bytes)
     lease.check()
     summary.update({

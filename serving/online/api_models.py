@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from personalize.features import N_ATTRIBUTES, N_CONTENT, SCORE_MAX, SCORE_MIN
+from serving.online.taste_models import RerankReasons
 
 API_PREFIX = "/v1"
 MAX_CANDIDATES = 1000
@@ -114,6 +115,8 @@ class InlineCandidate(BaseModel):
 
 
 CandidateId = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_ID_CHARS)]
+INCLUDE_OPTIONS = ("reasons",)  # opt-in parts of a re-rank reply
+IncludeOption = Literal["reasons"]
 
 
 class RerankRequest(BaseModel):
@@ -123,6 +126,9 @@ class RerankRequest(BaseModel):
     candidates: Annotated[list[CandidateId] | None, Field(min_length=1, max_length=MAX_CANDIDATES)] = None
     items: Annotated[list[InlineCandidate] | None, Field(max_length=MAX_CANDIDATES)] = None
     top_k: Annotated[int | None, Field(ge=1, le=MAX_CANDIDATES)] = None
+    include: Annotated[list[IncludeOption] | None, Field(max_length=len(INCLUDE_OPTIONS), description=(
+        "optional parts of the reply, off by default: 'reasons' (per photo, the features that moved "
+        "its personal score most)"))] = None
 
 
 class RerankResponse(BaseModel):
@@ -135,6 +141,7 @@ class RerankResponse(BaseModel):
     image_ids: list[str] = Field(description="candidates, best first")
     scores: list[float] = Field(description="the user's predicted scores, in image_ids order")
     generic_scores: list[float]
+    reasons: RerankReasons | None = Field(None, description="only with include: ['reasons']")
 
 
 class BulkRerankQuery(RerankRequest):
@@ -153,11 +160,12 @@ def _query_from_model(request: RerankRequest, where: str) -> RerankQuery:
         raise ApiError(422, "invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
                        "or 'items' (inline features)")
     if request.candidates is not None:
-        return RerankQuery(request.candidates, request.top_k)
+        return RerankQuery(request.candidates, request.top_k, include=request.include)
     table = np.array([[*it.attributes, *it.content, it.aes_score] for it in request.items], dtype=np.float64)
     if not np.isfinite(table).all():
         raise ApiError(422, "invalid_item", f"{where}: inline features must be finite numbers")
-    return RerankQuery([it.image_id for it in request.items], request.top_k, x=table[:, :-1], aes_score=table[:, -1])
+    return RerankQuery([it.image_id for it in request.items], request.top_k, x=table[:, :-1], aes_score=table[:, -1],
+                       include=request.include)
 
 
 def decode_rerank(body: bytes) -> RerankQuery:
@@ -194,16 +202,17 @@ class BulkRerankResponse(BaseModel):
     results: list[RerankResponse]
 
 
-_RERANK_KEYS = frozenset({"candidates", "items", "top_k"})
+_RERANK_KEYS = frozenset({"candidates", "items", "top_k", "include"})
 
 
 class RerankQuery:
     """A validated re-rank request: candidate ids, or inline rows as arrays."""
 
-    __slots__ = ("aes_score", "ids", "inline", "top_k", "x")
+    __slots__ = ("aes_score", "ids", "include", "inline", "top_k", "x")
 
-    def __init__(self, ids: list[str], top_k: int | None, x=None, aes_score=None):
+    def __init__(self, ids: list[str], top_k: int | None, x=None, aes_score=None, include=None):
         self.ids = ids
+        self.include = frozenset(include or ())
         self.top_k = top_k
         self.inline = x is not None
         self.x = x
@@ -222,13 +231,20 @@ def parse_rerank(data: Any, where: str = "body", extra_keys: frozenset = frozens
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
                               or not 1 <= top_k <= MAX_CANDIDATES):
         raise ApiError(422, "invalid_field", f"{where}: top_k must be an integer in [1, {MAX_CANDIDATES}]")
+    include = data.get("include")
+    if include is not None and (not isinstance(include, list) or any(i not in INCLUDE_OPTIONS for i in include)
+                                or len(set(include)) != len(include)):
+        raise ApiError(422, "invalid_field", f"{where}: include must be a list of distinct options from "
+                       f"{list(INCLUDE_OPTIONS)}")
     has_ids, has_items = data.get("candidates") is not None, data.get("items") is not None
     if has_ids == has_items:
         raise ApiError(422, "invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
                        "or 'items' (inline features)")
     if has_ids:
-        return RerankQuery(check_image_ids(data["candidates"], "candidates", MAX_CANDIDATES), top_k)
-    return _parse_inline(data["items"], where, top_k)
+        return RerankQuery(check_image_ids(data["candidates"], "candidates", MAX_CANDIDATES), top_k, include=include)
+    query = _parse_inline(data["items"], where, top_k)
+    query.include = frozenset(include or ())
+    return query
 
 
 def _parse_inline(items: Any, where: str, top_k: int | None) -> RerankQuery:

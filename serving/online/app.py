@@ -27,6 +27,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.online import api_models as m
+from serving.online import taste
 from serving.online.api_models import (
     ApiError,
     check_user_id,
@@ -43,6 +44,7 @@ from serving.online.service import (
     encode_json,
     model_key,
 )
+from serving.online.taste_models import TasteResponse
 
 logger = logging.getLogger("pam.serve")
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -340,6 +342,16 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
             except ApiError as exc:
                 results.append({"user_id": user_id, **exc.body()})
         return JSONBytes(encode_json({"results": results}))
+
+    @app.get(f"{v1}/users/{{user_id}}/taste", tags=["users"], response_model=TasteResponse, responses=ERRORS)
+    async def user_taste(user_id: str, request: Request):
+        """What the user's personal model has learnt: per attribute and content class, the change in
+        the user's score per standard deviation of the feature, its uncertainty, and whether the
+        ratings support it; each list sorted by |effect|."""
+        t = tenant(request)
+        check_user_id(user_id)
+        model, catalog = await fresh_model(t, user_id)
+        return JSONBytes(encode_json(await asyncio.to_thread(taste.user_taste, model, catalog)))
 
     @app.get(f"{v1}/users/{{user_id}}", tags=["users"], response_model=m.UserState, responses=ERRORS)
     async def user_state(user_id: str, request: Request):

@@ -29,6 +29,7 @@ from personalize.active import ActivePAM
 from personalize.features import W_AES_PAPER, pam_input, visual_vector
 from personalize.pam import PAM, estimate_gain, rbf_offsets
 from serving.feature_table.store import FeatureRows, FeatureStore
+from serving.online import taste
 from serving.online.api_models import (
     MAX_ALBUM_IDS,
     MAX_RATINGS_PER_CALL,
@@ -667,7 +668,7 @@ class PersonalizationService:
         if query.top_k is not None:
             order = order[:query.top_k]
         ids_array = ids if isinstance(ids, list) else list(ids)
-        return {
+        reply = {
             "user_id": model.user_id,
             "personalized": fit.pam is not None,
             "fallback": None if fit.pam is not None else "generic scores: the user has no ratings yet",
@@ -680,6 +681,9 @@ class PersonalizationService:
             "scores": np.round(scores[order], SCORE_DECIMALS),
             "generic_scores": np.round(generic[order], SCORE_DECIMALS),
         }
+        if "reasons" in query.include:
+            reply["reasons"] = taste.rerank_reasons(model, fit, x[order], generic[order], catalog)
+        return reply
 
     def next_photos(self, model: UserModel, n: int) -> dict:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SUGGESTIONS:

@@ -124,6 +124,7 @@ class OnnxRuntimeBackend:
             raise ValueError(f"{model_path} has no {MODEL_VERSION_KEY} in its metadata: not a pam export")
         self.model_version = metadata[MODEL_VERSION_KEY]
         self.crop_policy = metadata.get(CROP_POLICY_KEY, "")
+        self.content_names = metadata.get("pam_content_names")  # JSON text (export.content_names)
         self.max_batch_size = max_batch_size
         self.micro_batch = min(max_batch_size, micro_batch or (1 if threads_per_session == 1 else max_batch_size))
         self._output_names = [o.name for o in self._sessions[0].get_outputs()]

@@ -2,6 +2,8 @@
 // re-ranked by the service after every rating. Plain ES module, no build step; it talks only to
 // the service's public API under /v1 (same origin).
 
+import { renderTaste } from "./taste.js";
+
 const API = "/v1";
 const SUGGESTIONS = 4;          // photos offered at once (the service's batch mode of Active-PAM)
 const MAX_CANDIDATES = 1000;    // the re-rank endpoint's limit per call
@@ -84,11 +86,13 @@ async function rerankAll() {
 }
 
 async function refresh() {
-  const [next, ranked, user] = await Promise.all([
+  const [next, ranked, user, taste] = await Promise.all([
     api("GET", `${userPath()}/next?n=${SUGGESTIONS}`),
     rerankAll(),
     api("GET", userPath()),
+    api("GET", `${userPath()}/taste`),
   ]);
+  renderTaste($("#taste"), taste);
   state.previousRank = new Map(state.ranking.map((id, k) => [id, k]));
   state.ranking = ranked.rows.map((r) => r.id);
   state.suggestions = next.image_ids;
