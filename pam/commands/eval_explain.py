@@ -23,13 +23,7 @@ def _default_panel(seed: int, scale: float):
     return build_panel(seed, scale)
 
 
-def _robust_panel(seed: int, scale: float):
-    from pam.commands.simulate import build_panel
-
-    return build_panel(seed, scale, kind="robust")
-
-
-PANELS = {"default": _default_panel, "robust": _robust_panel}
+PANELS = {"default": _default_panel}  # the robust panel's taste is non-linear: no true weights to compare yet
 
 
 def run(args, data, features, out: Path) -> dict:
@@ -40,6 +34,9 @@ def run(args, data, features, out: Path) -> dict:
         raise SystemExit("pam eval explain: needs a generated panel whose true tastes are known "
                          "(--panel-kind, --panel-seed, --scale), not --panel/--ratings files")
     kind = getattr(args, "panel_kind", "default")
+    if kind not in PANELS:
+        raise SystemExit(f"pam eval explain: no true taste weights on the {kind} panel (its taste is non-linear); "
+                         f"panels: {', '.join(PANELS)}")
     panel = PANELS[kind](args.panel_seed, args.scale)
     ks = args.ks or list(DEFAULT_KS)
     repeats = min(args.repeats, 20)
