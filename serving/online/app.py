@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.online import api_models as m
 from serving.online.api_models import (
+    THUMBNAIL_SIZES,
     ApiError,
     check_user_id,
     decode_bulk,
@@ -35,7 +36,6 @@ from serving.online.api_models import (
     parse_json,
 )
 from serving.online.service import (
-    THUMBNAIL_SIZES,
     LocalModelCache,
     PersonalizationService,
     ServiceConfig,
@@ -46,7 +46,19 @@ from serving.online.service import (
 
 logger = logging.getLogger("pam.serve")
 WEB_DIR = Path(__file__).resolve().parent / "web"
-MAX_ONGOING_REQUESTS = 32  # per replica; the pam deployment's default (deploy/serve.yaml says the same)
+# Serve's limit per replica is high, so that a request waiting for its body (a slow or stalled
+# client) never keeps Serve from routing others to the replica; the replica admits work itself
+# once a body is in (Admission), and Serve's proxy sheds what queues beyond MAX_QUEUED_REQUESTS.
+MAX_ONGOING_REQUESTS = 256  # per replica (deploy/serve.yaml says the same)
+MAX_QUEUED_REQUESTS = 512  # in each proxy, beyond what the replicas accept: 503
+MAX_ACTIVE = 8  # requests a replica works on at once, once their bodies are in
+MAX_WAITING = 24  # admitted requests waiting for a work slot; beyond: 503 with Retry-After
+RETRY_AFTER_S = 1
+BODY_IDLE_TIMEOUT_S = 5.0  # the longest pause between two parts of a body: 408 after it
+BODY_TIMEOUT_S = 60.0  # the longest time a whole body may take (64 MiB at ~1 MB/s)
+# endpoints that never wait for admission: probes and documents
+UNGATED = frozenset({f"{m.API_PREFIX}/healthz", f"{m.API_PREFIX}/readyz", f"{m.API_PREFIX}/info",
+                     f"{m.API_PREFIX}/openapi.json", f"{m.API_PREFIX}/docs", "/"})
 LATENCY_BOUNDARIES_MS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 
 
@@ -54,8 +66,8 @@ class JSONBytes(Response):
     media_type = "application/json"
 
 
-def _error_response(exc: ApiError) -> Response:
-    return JSONBytes(encode_json(exc.body()), status_code=exc.status)
+def _error_response(exc: ApiError, headers: dict | None = None) -> Response:
+    return JSONBytes(encode_json(exc.body()), status_code=exc.status, headers=headers)
 
 
 def _inline_refs(schema: dict) -> dict:
@@ -105,34 +117,25 @@ class EndpointMetrics:
         self._latency.observe(ms, tags={"endpoint": endpoint, "method": method})
 
 
-class LimitsAndMetrics:
-    """ASGI middleware: body-size limits (413 naming the limit) and per-endpoint metrics."""
+class Admission:
+    """ASGI middleware in front of every endpoint: reads the whole body first (413 past the size
+    limit, 408 when it stalls or crawls), then admits the request to work (at most MAX_ACTIVE at
+    once and MAX_WAITING waiting; beyond that 503 with Retry-After at once), and records metrics.
+    A request waiting for its body holds no work slot, so slow clients cannot starve the others."""
 
-    def __init__(self, app, metrics: EndpointMetrics):
+    def __init__(self, app, metrics: EndpointMetrics, max_active: int = MAX_ACTIVE, max_waiting: int = MAX_WAITING):
         self.app = app
         self.metrics = metrics
+        self._max_active = max_active
+        self._max_waiting = max_waiting
+        self._slots: asyncio.Semaphore | None = None
+        self._queued = 0  # admitted, working or waiting for a slot
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        limit = m.MAX_UPLOAD_BYTES if scope["path"] == f"{m.API_PREFIX}/photos" else m.MAX_JSON_BYTES
         status = 500
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                exc = ApiError(413, "body_too_large", f"the request body has {int(value)} bytes; "
-                               f"at most {limit} are allowed here", limit=limit)
-                return await _error_response(exc)(scope, receive, send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes", limit=limit)
-            return message
 
         async def send_status(message):
             nonlocal status
@@ -141,11 +144,72 @@ class LimitsAndMetrics:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, send_status)
+            await self._handle(scope, receive, send_status)
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
             self.metrics.record(endpoint, scope.get("method", ""), status, (time.perf_counter() - start) * 1e3)
+
+    async def _handle(self, scope, receive, send):
+        path = scope["path"]
+        limit = m.MAX_UPLOAD_BYTES if path == f"{m.API_PREFIX}/photos" else m.MAX_JSON_BYTES
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                exc = ApiError(413, "body_too_large", f"the request body has {int(value)} bytes; "
+                               f"at most {limit} are allowed here", limit=limit)
+                return await _error_response(exc)(scope, receive, send)
+        try:
+            body = await _read_body(receive, limit)
+        except ApiError as exc:
+            return await _error_response(exc, {"Connection": "close"})(scope, receive, send)
+        if body is None:  # the client went away
+            return
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        if path in UNGATED or path.startswith("/ui"):
+            return await self.app(scope, replay, send)
+        if self._queued >= self._max_active + self._max_waiting:
+            exc = ApiError(503, "overloaded", f"this replica is at capacity ({self._max_active} requests working, "
+                           f"{self._max_waiting} waiting); retry after {RETRY_AFTER_S} s", retry_after_s=RETRY_AFTER_S)
+            return await _error_response(exc, {"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_active)
+        self._queued += 1
+        try:
+            async with self._slots:
+                await self.app(scope, replay, send)
+        finally:
+            self._queued -= 1
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole body, or None when the client disconnected; ApiError 413 / 408."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_TIMEOUT_S
+    chunks, size = [], 0
+    while True:
+        wait = min(BODY_IDLE_TIMEOUT_S, deadline - loop.time())
+        try:
+            message = await asyncio.wait_for(receive(), max(wait, 0.001))
+        except TimeoutError:
+            raise ApiError(408, "body_timeout", f"the request body did not arrive in time (a pause over "
+                           f"{BODY_IDLE_TIMEOUT_S:g} s, or over {BODY_TIMEOUT_S:g} s in all)") from None
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the request body exceeds {limit} bytes", limit=limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def create_app(runtime, metrics: bool = False) -> FastAPI:
@@ -177,7 +241,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         code = {404: "no_such_endpoint", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = exc.detail if exc.status_code not in (404, 405) else (
             f"{request.method} {request.url.path} is not an endpoint of this API (see {v1}/docs)")
-        return _error_response(ApiError(exc.status_code, code, str(message)))
+        return _error_response(ApiError(exc.status_code, code, str(message)), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -190,6 +254,9 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
             auth = request.headers.get("authorization", "")
             key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
         return svc.tenant_for(key)
+
+    async def in_photo_pool(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(svc.photo_pool, fn, *args)
 
     async def fresh_model(tenant_name: str, user_id: str):
         """(model covering every acknowledged change, catalog), read-your-writes."""
@@ -226,14 +293,14 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
     async def score_ids(request: Request):
         """Generic score and features of photos by id; ids not in the store whose file is reachable
         under the photos root are scored now and kept in the store's online part."""
-        tenant(request)
+        t = tenant(request)
         data = parse_json(await request.body())
         if not isinstance(data, dict) or set(data) - {"image_ids", "include_features"}:
             raise ApiError(422, "invalid_body", "body must be an object {image_ids: [...], include_features?: bool}")
         include = data.get("include_features", False)
         if not isinstance(include, bool):
             raise ApiError(422, "invalid_field", "include_features must be true or false")
-        result = await asyncio.to_thread(svc.score_ids, data.get("image_ids"), include)
+        result = await in_photo_pool(svc.score_ids, data.get("image_ids"), include, t)
         return JSONBytes(encode_json(result))
 
     @app.post(f"{v1}/photos", tags=["photos"], response_model=m.ScoreResponse, responses=ERRORS)
@@ -243,21 +310,22 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         """Upload photos (multipart): each is decoded, scored by the feature backend and kept in the
         online part of the feature store, so it can join albums and re-ranking at once. A photo that
         cannot be decoded fails its own row (all failing: 422). Default id: upload:<sha256 prefix>."""
-        tenant(request)
+        t = tenant(request)
         if image_ids is not None and len(image_ids) != len(files):
             raise ApiError(422, "invalid_field", f"{len(image_ids)} image_ids for {len(files)} files: give one per file")
         uploads = [(f.filename or f"file {k}", await f.read(), image_ids[k] if image_ids else None)
                    for k, f in enumerate(files)]
-        result = await asyncio.to_thread(svc.score_uploads, uploads, include_features)
+        result = await in_photo_pool(svc.score_uploads, uploads, include_features, t)
         return JSONBytes(encode_json(result))
 
     @app.get(f"{v1}/photos/thumbnail", tags=["photos"], responses={**ERRORS, 200: {"content": {"image/jpeg": {}}}})
     async def thumbnail(request: Request, image_id: Annotated[str, Query(min_length=1)],
                         size: Annotated[int, Query(description=f"one of {list(THUMBNAIL_SIZES)}")] = 256):
         """A JPEG thumbnail (longer side `size`) of a photo whose file the service can reach."""
-        tenant(request)
-        data = await asyncio.to_thread(svc.thumbnail, image_id, size)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=3600"})
+        data, shared = await in_photo_pool(svc.thumbnail, image_id, size, tenant(request))
+        # an uploaded photo is its tenant's: no shared cache may keep it
+        cache = "public, max-age=3600" if shared and not svc.has_api_keys else "private, max-age=3600"
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": cache})
 
     # ---------------------------------------------------------------- users
     @app.put(f"{v1}/users/{{user_id}}", tags=["users"], response_model=m.UserState, responses=ERRORS)
@@ -300,7 +368,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         data = parse_json(await request.body())
         if not isinstance(data, dict) or "ratings" not in data or set(data) - {"ratings", "request_id"}:
             raise ApiError(422, "invalid_body", "body must be an object {ratings: [{image_id, score}], request_id?}")
-        request_id = data.get("request_id") or request.headers.get("idempotency-key")
+        request_id = data["request_id"] if "request_id" in data else request.headers.get("idempotency-key")
         result = await asyncio.to_thread(svc.add_ratings, t, user_id, data["ratings"], request_id)
         return JSONBytes(encode_json(result))
 
@@ -371,7 +439,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
 
         app.mount("/ui", StaticFiles(directory=WEB_DIR, html=True), name="ui")
 
-    app.add_middleware(LimitsAndMetrics, metrics=EndpointMetrics(metrics))
+    app.add_middleware(Admission, metrics=EndpointMetrics(metrics))
     return app
 
 
@@ -395,7 +463,8 @@ def _deployment():
     """The Serve deployment class (built on first use, so importing this module needs no Ray)."""
     from ray import serve
 
-    @serve.deployment(name="pam", max_ongoing_requests=MAX_ONGOING_REQUESTS, ray_actor_options={"num_cpus": 0.5},
+    @serve.deployment(name="pam", max_ongoing_requests=MAX_ONGOING_REQUESTS, max_queued_requests=MAX_QUEUED_REQUESTS,
+                      ray_actor_options={"num_cpus": 0.5},
                       health_check_period_s=10, health_check_timeout_s=30)
     @serve.ingress()
     class PamDeployment:
