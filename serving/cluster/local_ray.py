@@ -24,10 +24,21 @@ RAY_LOGS = ("raylet.out", "gcs_server.out", "dashboard_agent.log", "runtime_env_
 TELLING = re.compile(r"error|fail|exception|in use|refused", re.IGNORECASE)
 
 
-def init_local_ray(attempts: int = 2, metrics_port: int | None = None, **kwargs) -> int:
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
+def init_local_ray(attempts: int = 2, metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                   **kwargs) -> int:
     """`ray.init(address="local", **kwargs)`, tried up to `attempts` times; returns the port of
-    Ray's Prometheus metrics. Without `metrics_port`, each try takes a port free at that moment."""
+    Ray's Prometheus metrics. Without `metrics_port`, each try takes a port free at that moment.
+
+    metrics_host: Ray's metrics exporter binds either the loopback interface (when the node's
+    address is a loopback one, set here for 127.0.0.1 / localhost) or every interface (anything
+    else); it knows no other choice."""
     import ray
+
+    if metrics_host in LOOPBACK:
+        kwargs.setdefault("_node_ip_address", "127.0.0.1")
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for attempt in range(1, attempts + 1):

@@ -32,7 +32,9 @@ MAX_UPLOAD_PIXELS = 25_000_000  # a 24-megapixel photo (6000 x 4000) and a littl
 MAX_FEATURE_ABS = 1e6  # inline feature values; beyond it the RBF kernel's arithmetic overflows
 THUMBNAIL_SIZES = (64, 128, 256, 512)
 
-USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+# a letter or digit first, then letters, digits, _ @ - and single dots (never '..'); 1-128 characters
+USER_ID_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_@-])*\.?$"
+MAX_USER_ID_CHARS = 128
 _USER_ID_RE = re.compile(USER_ID_PATTERN)
 REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
@@ -59,7 +61,7 @@ class ApiError(Exception):
 # ---------------------------------------------------------------- checks shared by every path
 
 def check_user_id(user_id: Any) -> str:
-    if not isinstance(user_id, str) or not _USER_ID_RE.fullmatch(user_id) or ".." in user_id:
+    if not isinstance(user_id, str) or len(user_id) > MAX_USER_ID_CHARS or not _USER_ID_RE.fullmatch(user_id):
         raise ApiError(400, "invalid_user_id", f"user id {user_id!r} is not allowed: use {USER_ID_RULE}")
     return user_id
 
@@ -162,7 +164,9 @@ def _finite_float(text: str) -> float:
 
 # ---------------------------------------------------------------- the re-rank hot path
 
-ImageId = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_ID_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$",
+UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_CHARS, pattern=USER_ID_PATTERN)]
+IMAGE_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+ImageId = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_ID_CHARS, pattern=IMAGE_ID_PATTERN,
                                description="a photo's id; '.' and empty path segments are normalized away")]
 FeatureValue = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_FEATURE_ABS, le=MAX_FEATURE_ABS)]
 Score = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=SCORE_MIN, le=SCORE_MAX)]
@@ -203,7 +207,7 @@ class RerankResponse(BaseModel):
 
 
 class BulkRerankQuery(RerankRequest):
-    user_id: str
+    user_id: UserId
 
 
 class BulkRerankRequest(BaseModel):
@@ -344,10 +348,12 @@ class ErrorResponse(BaseModel):
 
 class ImageIdsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    image_ids: Annotated[list[str], Field(min_length=1)]
+    image_ids: Annotated[list[ImageId], Field(min_length=1, max_length=MAX_ALBUM_IDS)]
 
 
-class ScoreIdsRequest(ImageIdsRequest):
+class ScoreIdsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_ids: Annotated[list[ImageId], Field(min_length=1, max_length=MAX_SCORE_IDS)]
     include_features: bool = False
 
 
@@ -390,7 +396,9 @@ class AlbumListing(BaseModel):
 class RatingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ratings: Annotated[list[Rating], Field(min_length=1, max_length=MAX_RATINGS_PER_CALL)]
-    request_id: str | None = Field(None, description="makes a retry idempotent (or header Idempotency-Key)")
+    request_id: Annotated[str | None, Field(pattern=REQUEST_ID_PATTERN, min_length=1,
+                                            max_length=MAX_REQUEST_ID_CHARS)] = Field(
+        None, description="makes a retry idempotent (or header Idempotency-Key)")
 
 
 class RatingsResponse(BaseModel):

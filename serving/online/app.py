@@ -17,11 +17,11 @@ import logging
 import os
 import time
 from functools import cache
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import unquote
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,7 +45,7 @@ from serving.online.service import (
 )
 
 logger = logging.getLogger("pam.serve")
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = FilePath(__file__).resolve().parent / "web"
 # Serve's limit per replica is high, so that a request waiting for its body (a slow or stalled
 # client) never keeps Serve from routing others to the replica; the replica admits work itself
 # once a body is in (Admission), and Serve's proxy sheds what queues beyond MAX_QUEUED_REQUESTS.
@@ -93,7 +93,11 @@ def body_doc(model) -> dict:
         "application/json": {"schema": _inline_refs(model.model_json_schema())}}}}
 
 
-ERRORS = {code: {"model": m.ErrorResponse} for code in (400, 401, 404, 409, 413, 422)}
+ERRORS = {code: {"model": m.ErrorResponse} for code in (400, 401, 404, 408, 409, 413, 422, 503)}
+UserIdPath = Annotated[str, Path(min_length=1, max_length=m.MAX_USER_ID_CHARS, pattern=m.USER_ID_PATTERN,
+                                 description=m.USER_ID_RULE)]
+# the user routes' suffixes and their methods (a wrong method is a 405 naming them in Allow)
+USER_ROUTES = {"": "GET, PUT, DELETE", "album": "GET, POST", "ratings": "POST", "next": "GET", "rerank": "POST"}
 
 
 class EndpointMetrics:
@@ -231,6 +235,8 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()))
+            if tuple(err.get("loc", ()))[:2] == ("path", "user_id"):
+                check_user_id(request.path_params.get("user_id"))  # raises the 400 that says why
             if err.get("type") == "json_invalid":
                 return _error_response(ApiError(400, "malformed_json", "the request body is not valid JSON"))
             problems.append(f"{where}: {err.get('msg')}")
@@ -318,9 +324,14 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         result = await in_photo_pool(svc.score_uploads, uploads, include_features, t)
         return JSONBytes(encode_json(result))
 
-    @app.get(f"{v1}/photos/thumbnail", tags=["photos"], responses={**ERRORS, 200: {"content": {"image/jpeg": {}}}})
-    async def thumbnail(request: Request, image_id: Annotated[str, Query(min_length=1)],
-                        size: Annotated[int, Query(description=f"one of {list(THUMBNAIL_SIZES)}")] = 256):
+    @app.get(f"{v1}/photos/thumbnail", tags=["photos"], response_class=Response,
+             responses={**ERRORS, 200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+                                        "description": "a JPEG"}})
+    async def thumbnail(request: Request,
+                        image_id: Annotated[str, Query(min_length=1, max_length=m.MAX_IMAGE_ID_CHARS,
+                                                       pattern=m.IMAGE_ID_PATTERN)],
+                        size: Annotated[int, Query(description="the longer side",
+                                                   json_schema_extra={"enum": list(THUMBNAIL_SIZES)})] = 256):
         """A JPEG thumbnail (longer side `size`) of a photo whose file the service can reach."""
         data, shared = await in_photo_pool(svc.thumbnail, image_id, size, tenant(request))
         # an uploaded photo is its tenant's: no shared cache may keep it
@@ -328,8 +339,10 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": cache})
 
     # ---------------------------------------------------------------- users
-    @app.put(f"{v1}/users/{{user_id}}", tags=["users"], response_model=m.UserState, responses=ERRORS)
-    async def create_user(user_id: str, request: Request):
+    @app.put(f"{v1}/users/{{user_id}}", tags=["users"], response_model=m.UserState, responses={
+        **ERRORS, 201: {"model": m.UserState, "description": "created"},
+        200: {"model": m.UserState, "description": "the user existed"}})
+    async def create_user(user_id: UserIdPath, request: Request):
         """Create a user (201), or return the existing one's state (200)."""
         t = tenant(request)
         created = await asyncio.to_thread(svc.create_user, t, user_id)
@@ -339,7 +352,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
 
     @app.post(f"{v1}/users/{{user_id}}/album", tags=["users"], response_model=m.AlbumResponse, responses=ERRORS,
               openapi_extra=body_doc(m.ImageIdsRequest))
-    async def add_album(user_id: str, request: Request):
+    async def add_album(user_id: UserIdPath, request: Request):
         """Register or extend the user's album (creates the user). Ids must be in the feature store
         or reachable as files under the photos root (then scored now); unknown ids are listed (404)."""
         t = tenant(request)
@@ -351,7 +364,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         return JSONBytes(encode_json(result))
 
     @app.get(f"{v1}/users/{{user_id}}/album", tags=["users"], response_model=m.AlbumListing, responses=ERRORS)
-    async def get_album(user_id: str, request: Request):
+    async def get_album(user_id: UserIdPath, request: Request):
         """The user's album (ids in the order added) and ratings (oldest first): what a curation
         page needs to show and re-rank the whole album."""
         t = tenant(request)
@@ -359,7 +372,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
 
     @app.post(f"{v1}/users/{{user_id}}/ratings", tags=["users"], response_model=m.RatingsResponse,
               responses=ERRORS, openapi_extra=body_doc(m.RatingsRequest))
-    async def add_ratings(user_id: str, request: Request):
+    async def add_ratings(user_id: UserIdPath, request: Request):
         """Store ratings (1-5); the reply comes after they are durable. Re-rating replaces the
         score. A request id (body `request_id` or header Idempotency-Key) makes retries idempotent;
         the same id with another payload is a 409."""
@@ -373,7 +386,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         return JSONBytes(encode_json(result))
 
     @app.get(f"{v1}/users/{{user_id}}/next", tags=["users"], response_model=m.NextResponse, responses=ERRORS)
-    async def next_photos(user_id: str, request: Request,
+    async def next_photos(user_id: UserIdPath, request: Request,
                           n: Annotated[int, Query(ge=1, le=m.MAX_SUGGESTIONS)] = 1):
         """The next n album photos for the user to rate (Active-PAM: seeded random photos first,
         then eq. 6); never a photo already rated."""
@@ -384,7 +397,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
 
     @app.post(f"{v1}/users/{{user_id}}/rerank", tags=["users"], response_model=m.RerankResponse,
               responses=ERRORS, openapi_extra=body_doc(m.RerankRequest))
-    async def rerank(user_id: str, request: Request):
+    async def rerank(user_id: UserIdPath, request: Request):
         """Re-rank up to 1,000 candidates (ids in the store, or inline features) by the user's
         PAM model; a user with no ratings gets the generic scores, with `fallback` saying so."""
         t = tenant(request)
@@ -410,7 +423,7 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         return JSONBytes(encode_json({"results": results}))
 
     @app.get(f"{v1}/users/{{user_id}}", tags=["users"], response_model=m.UserState, responses=ERRORS)
-    async def user_state(user_id: str, request: Request):
+    async def user_state(user_id: UserIdPath, request: Request):
         """Ratings count, versions, whether replies are personalized, and the cross-validated gain
         over the generic model once there are enough ratings."""
         t = tenant(request)
@@ -419,18 +432,23 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         return JSONBytes(encode_json(await asyncio.to_thread(svc.user_state, model)))
 
     @app.delete(f"{v1}/users/{{user_id}}", tags=["users"], responses=ERRORS)
-    async def delete_user(user_id: str, request: Request):
+    async def delete_user(user_id: UserIdPath, request: Request):
         """Delete the user and everything stored for them (album, ratings, request ids)."""
         t = tenant(request)
         return JSONBytes(encode_json(await asyncio.to_thread(svc.delete_user, t, user_id)))
 
-    @app.api_route(f"{v1}/users/{{rest:path}}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+    @app.api_route(f"{v1}/users/{{rest:path}}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
+                                                          "TRACE"], include_in_schema=False)
     async def bad_user_path(rest: str, request: Request):
         """What no route above matched: a user id holding '/' (even percent-encoded) or '..', or a
         wrong suffix. The raw path tells which."""
         raw = request.scope.get("raw_path") or request.url.path.encode()
-        segment = raw.decode("latin-1")[len(f"{v1}/users/"):].split("/", 1)[0].split("?", 1)[0]
+        segment, _, suffix = raw.decode("latin-1")[len(f"{v1}/users/"):].split("?", 1)[0].partition("/")
         check_user_id(unquote(segment))
+        allowed = USER_ROUTES.get(suffix)
+        if allowed is not None:
+            return _error_response(ApiError(405, "method_not_allowed", f"{request.method} {request.url.path} is "
+                                            f"not an endpoint of this API: use {allowed} (see {v1}/docs)"), {"Allow": allowed})
         raise ApiError(404, "no_such_endpoint", f"{request.method} {request.url.path} is not an endpoint "
                        f"of this API (see {v1}/docs)")
 
