@@ -38,7 +38,13 @@ def init_local_ray(attempts: int = 2, metrics_port: int | None = None, metrics_h
     import ray
 
     if metrics_host in LOOPBACK:
-        kwargs.setdefault("_node_ip_address", "127.0.0.1")
+        # Ray takes the node's address for 127.0.0.1 unless its "no cluster" switch is off (the
+        # default on macOS and Windows); with it off the node is 127.0.0.1 and the exporter binds
+        # the loopback interface. Ray reads the switch when it is imported, hence both.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for attempt in range(1, attempts + 1):

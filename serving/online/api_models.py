@@ -28,6 +28,7 @@ MAX_IMAGE_ID_CHARS = 1024
 MAX_REQUEST_ID_CHARS = 128
 MAX_JSON_BYTES = 8 * 1024 * 1024
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_FILES = 16
 MAX_UPLOAD_PIXELS = 25_000_000  # a 24-megapixel photo (6000 x 4000) and a little margin
 MAX_FEATURE_ABS = 1e6  # inline feature values; beyond it the RBF kernel's arithmetic overflows
 THUMBNAIL_SIZES = (64, 128, 256, 512)
@@ -84,7 +85,7 @@ def normalize_image_ids(ids: list[str], field: str) -> list[str]:
             unicode_ok = True
         except UnicodeEncodeError:
             unicode_ok = False
-        if not unicode_ok or _ID_CONTROL.search(blob.replace("\n", "")):
+        if not unicode_ok or blob.count("\n") != len(ids) - 1 or _ID_CONTROL.search(blob.replace("\n", "")):
             bad = [i for i in ids if _ID_CONTROL.search(i) or not _encodable(i)]
         elif not _ID_ALIAS.search(blob):
             return ids
@@ -188,10 +189,12 @@ CandidateId = ImageId
 class RerankRequest(BaseModel):
     """Exactly one of `candidates` (ids in the feature store) or `items` (inline features)."""
 
-    model_config = ConfigDict(extra="forbid")
-    candidates: Annotated[list[CandidateId] | None, Field(min_length=1, max_length=MAX_CANDIDATES)] = None
-    items: Annotated[list[InlineCandidate] | None, Field(min_length=1, max_length=MAX_CANDIDATES)] = None
-    top_k: Annotated[int | None, Field(ge=1, le=MAX_CANDIDATES)] = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["candidates"]}, {"required": ["items"]}]})
+    # absent is None; an explicit null is refused (the schema has no null)
+    candidates: Annotated[list[CandidateId], Field(min_length=1, max_length=MAX_CANDIDATES)] = None
+    items: Annotated[list[InlineCandidate], Field(min_length=1, max_length=MAX_CANDIDATES)] = None
+    top_k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = None
 
 
 class RerankResponse(BaseModel):
@@ -260,8 +263,16 @@ def decode_bulk(body: bytes) -> list[tuple[str, RerankQuery]]:
     return [(check_user_id(q.user_id), _query_from_model(q, f"queries[{k}]")) for k, q in enumerate(request.queries)]
 
 
+class BulkQueryError(BaseModel):
+    """A failed query of a bulk request, in its place: the error body plus the query's user id."""
+
+    user_id: str
+    detail: str
+    error: str
+
+
 class BulkRerankResponse(BaseModel):
-    results: list[RerankResponse]
+    results: list[RerankResponse | BulkQueryError]
 
 
 _RERANK_KEYS = frozenset({"candidates", "items", "top_k"})

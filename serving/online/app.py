@@ -317,6 +317,9 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         online part of the feature store, so it can join albums and re-ranking at once. A photo that
         cannot be decoded fails its own row (all failing: 422). Default id: upload:<sha256 prefix>."""
         t = tenant(request)
+        if len(files) > m.MAX_UPLOAD_FILES:
+            raise ApiError(413, "too_many_items", f"{len(files)} files in one upload; at most {m.MAX_UPLOAD_FILES} "
+                           "are allowed", limit=m.MAX_UPLOAD_FILES)
         if image_ids is not None and len(image_ids) != len(files):
             raise ApiError(422, "invalid_field", f"{len(image_ids)} image_ids for {len(files)} files: give one per file")
         uploads = [(f.filename or f"file {k}", await f.read(), image_ids[k] if image_ids else None)
@@ -458,6 +461,24 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
         app.mount("/ui", StaticFiles(directory=WEB_DIR, html=True), name="ui")
 
     app.add_middleware(Admission, metrics=EndpointMetrics(metrics))
+    build_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document plus what its form parameters cannot say (the upload's limits)."""
+        if app.openapi_schema is None:
+            schema = build_openapi()
+            upload = schema["components"]["schemas"].get("Body_upload_photos_v1_photos_post")
+            if upload is not None:
+                upload["properties"]["files"].update(minItems=1, maxItems=m.MAX_UPLOAD_FILES)
+                ids = upload["properties"]["image_ids"]
+                ids.pop("anyOf", None)
+                ids.update(type="array", maxItems=m.MAX_UPLOAD_FILES, items={
+                    "type": "string", "minLength": 1, "maxLength": m.MAX_IMAGE_ID_CHARS,
+                    "pattern": m.IMAGE_ID_PATTERN}, description="optional ids, one per file")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

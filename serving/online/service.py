@@ -168,9 +168,12 @@ def safe_relative_path(root: Path, image_id: str) -> Path | None:
     rel = PurePosixPath(image_id)
     if rel.is_absolute() or any(part in ("..", "") for part in rel.parts):
         return None
-    root = root.resolve()
-    candidate = (root / rel).resolve()
-    return candidate if candidate.is_relative_to(root) and candidate.is_file() else None
+    try:
+        root = root.resolve()
+        candidate = (root / rel).resolve()
+        return candidate if candidate.is_relative_to(root) and candidate.is_file() else None
+    except (OSError, ValueError):  # a name too long for the file system, a loop of links
+        return None
 
 
 def _open_backend(spec: str):
