@@ -327,7 +327,8 @@ def overload_session(params: dict) -> dict:
                 thread.start()
             result = run_wrk(url, script, connections, duration)
             stop.set()
-            thread.join(60)
+            if thread.is_alive():
+                thread.join(60)
             total = result.get("requests", 0)
             result["goodput_rps"] = round((total - result["non_2xx"]) / duration, 1)
             shed = sorted(ms for status, ms in probe if status != 200)
