@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bulk", type=int, default=16, help="queries per bulk request")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating echo / re-rank pairs at 8 connections (the target's ratio: their median)")
-    parser.add_argument("--modes", default="proxy,direct", help="Serve modes to measure: proxy, direct")
+    parser.add_argument("--modes", default="proxy,direct,overload",
+                        help="Serve modes to measure: proxy, direct, overload (goodput at 8 and 64 connections)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
     parser.add_argument("--plot", type=Path, help="write a PNG of req/s and p99 against connections")
 
@@ -223,6 +225,8 @@ def parse_wrk(out: str) -> dict:
         match = WRK_LINE.match(line)
         if match:
             result[f"p{match.group(1)}_ms"] = float(match.group(2)) * unit[match.group(3)]
+        elif re.match(r"^\s*\d+ requests in ", line):
+            result["requests"] = int(line.split()[0])
         elif line.startswith("Requests/sec:"):
             result["rps"] = float(line.split()[1])
         elif "Non-2xx" in line:
@@ -282,8 +286,66 @@ def _scrape(port: int) -> dict[str, float]:
     return totals
 
 
+def overload_session(params: dict) -> dict:
+    """Goodput (2xx per second) of re-rank through the default ingress (Serve's proxy, one
+    replica) in a closed loop at 8 and at 64 connections; during the 64-connection run a probe
+    times the replies that are not 200 (the shed ones: 503 with Retry-After)."""
+    import ray
+    import requests
+    from ray import serve
+
+    from serving.cluster.local_ray import init_local_ray
+    from serving.online.app import build_app
+
+    work = Path(params["work"])
+    init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    out: dict = {"mode": "overload"}
+    try:
+        port = free_port_block(1, start=42000)
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app({**params["config"], "num_replicas": 1}), name="pam", route_prefix="/")
+        url = f"http://127.0.0.1:{port}/v1/users/{BENCH_USER}/rerank"
+        body = json.dumps({"candidates": params["candidates"]})
+        script = lua_post(work / "overload-rerank.lua", body)
+        requests.post(url, data=body, timeout=60).raise_for_status()
+        duration = max(params["duration"], 5)
+        for connections in (8, 64):
+            probe: list[tuple[int, float]] = []
+            stop = threading.Event()
+
+            def probing(stop=stop, probe=probe):
+                with requests.Session() as http:
+                    while not stop.is_set():
+                        started = time.perf_counter()
+                        reply = http.post(url, data=body, timeout=60, headers={"Content-Type": "application/json"})
+                        probe.append((reply.status_code, (time.perf_counter() - started) * 1e3))
+
+            thread = threading.Thread(target=probing, daemon=True)
+            if connections > 8:
+                thread.start()
+            result = run_wrk(url, script, connections, duration)
+            stop.set()
+            if thread.is_alive():
+                thread.join(60)
+            total = result.get("requests", 0)
+            result["goodput_rps"] = round((total - result["non_2xx"]) / duration, 1)
+            shed = sorted(ms for status, ms in probe if status != 200)
+            result["probe"] = {"requests": len(probe), "shed": len(shed),
+                               "shed_statuses": sorted({status for status, _ in probe if status != 200}),
+                               "shed_p50_ms": shed[len(shed) // 2] if shed else None,
+                               "shed_p99_ms": shed[min(len(shed) - 1, int(len(shed) * 0.99))] if shed else None}
+            out[str(connections)] = result
+        out["goodput_ratio_64_vs_8"] = round(out["64"]["goodput_rps"] / max(out["8"]["goodput_rps"], 1e-9), 3)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return out
+
+
 def serve_session(params: dict) -> dict:
     """One Serve mode, in this (fresh) process: deploy echo, pam, naive; wrk them."""
+    if params["mode"] == "overload":
+        return overload_session(params)
     import ray
     import requests
     from ray import serve
@@ -579,7 +641,8 @@ def render_text(s: dict) -> str:
             lines.append(f"http {mode}: FAILED: {res['error'][-400:]}")
             continue
         title = {"proxy": "through Serve's HTTP proxy (default)",
-                 "direct": "Serve throughput-optimized (direct ingress: the replica's own HTTP port)"}.get(mode, mode)
+                 "direct": "Serve throughput-optimized (direct ingress: the replica's own HTTP port)",
+                 "overload": "overload through Serve's proxy (one replica)"}.get(mode, mode)
         lines += ["", f"HTTP, {title}; wrk -t1, {s['sizes']['wrk_seconds']:.0f} s per point",
                   f"  {'endpoint':<8} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"]
         for name in ("echo", "rerank", "naive"):
@@ -608,6 +671,14 @@ def render_text(s: dict) -> str:
         if "round_trip" in res:
             r = res["round_trip"]
             lines.append(f"  rating -> next suggestion over HTTP: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
+        for c in ("8", "64") if mode == "overload" else ():
+            r, probe = res[c], res[c]["probe"]
+            shed = (f"; probe: {probe['shed']} of {probe['requests']} shed ({probe['shed_statuses']}), "
+                    f"p50 {probe['shed_p50_ms']} ms, p99 {probe['shed_p99_ms']} ms" if probe["requests"] else "")
+            lines.append(f"  re-rank closed loop, {c} conns: goodput {r['goodput_rps']:.1f} 2xx/s of {r['rps']:.1f} req/s, "
+                         f"{r['non_2xx']} non-2xx, p99 {r.get('p99_ms', 0):.1f} ms{shed}")
+        if mode == "overload":
+            lines.append(f"  goodput at 64 / at 8 connections: {res['goodput_ratio_64_vs_8']:.2f} (target >= 0.8)")
     for mode, t in s["targets"].items():
         if mode == "lowered_overhead":
             lines.append(f"target as worded (re-rank over {t['rerank']} vs the echo through {t['echo']}, 8 conns, "

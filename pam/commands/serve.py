@@ -38,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-size", type=int, default=1024, help="user models cached per replica")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray (default: all)")
     parser.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: a free one)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="where the metrics port listens: 127.0.0.1 (default; Ray's exporter then binds the "
+                        "loopback interface only) or 0.0.0.0 (every interface; Ray knows no choice between). The "
+                        "metrics carry no user data but need no key")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--w-aes", type=float, default=None,
                         help="Active-PAM's balance in v = [w_aes * aes_feat, aes_score] (default: the paper's "
@@ -92,8 +96,9 @@ def run(args: argparse.Namespace) -> dict:
         span = 12
         direct_base = free_port_block(2 * span, args.host)
         os.environ.update(direct_ingress_env(direct_base, span))
-    metrics_port = init_local_ray(metrics_port=args.metrics_port, num_cpus=args.num_cpus, include_dashboard=False,
-                                  configure_logging=False, log_to_driver=False)
+    metrics_host = "127.0.0.1" if args.metrics_host in ("127.0.0.1", "localhost") else "0.0.0.0"
+    metrics_port = init_local_ray(metrics_port=args.metrics_port, metrics_host=metrics_host, num_cpus=args.num_cpus,
+                                  include_dashboard=False, configure_logging=False, log_to_driver=False)
     # chosen after Ray's start: Ray's own processes bind ephemeral ports while it starts, and a
     # port picked free before that could be one of theirs by the time Serve's proxy binds it
     port = args.port or free_port(args.host)
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
             expect = args.replicas if not args.autoscale else int(args.autoscale.split(":")[0])
             replica_urls = find_replica_ports(args.host, direct_base, direct_base + span, expect=expect)
         print(f"pam serve: listening on {url}  (API docs {url}/v1/docs, Prometheus metrics "
-              f"http://127.0.0.1:{metrics_port}/metrics); model version {info['model_version']}, "
+              f"http://{metrics_host}:{metrics_port}/metrics); model version {info['model_version']}, "
               f"{info['feature_rows']} feature rows. Ctrl-C stops it.", file=sys.stderr, flush=True)
         if replica_urls:
             print(f"pam serve: direct ingress (no proxy hop): {' '.join(replica_urls)}", file=sys.stderr, flush=True)
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         serve.shutdown()
         ray.shutdown()
     return {"url": f"http://{args.host}:{port}", "docs": f"http://{args.host}:{port}/v1/docs",
-            "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "model_version": info["model_version"],
+            "metrics": f"http://{metrics_host}:{metrics_port}/metrics", "model_version": info["model_version"],
             "feature_rows": info["feature_rows"], "user_store": info["user_store"],
             "direct_ingress": replica_urls, "served_s": round(time.time() - started, 1)}
 

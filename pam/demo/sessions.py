@@ -75,7 +75,9 @@ def _improvement(reply, truth: dict[str, float], rated: set[str]) -> tuple[float
     ids = [i for i in reply.image_ids if i not in rated]
     pos = {i: k for k, i in enumerate(reply.image_ids)}
     y = np.array([truth[i] for i in ids])
-    personal = np.array([reply.scores[pos[i]] for i in ids])
+    # the reply's order, not its scores: the shown scores are clipped to 1-5, which ties the top
+    # photos, while the order comes from the unclipped predictions
+    personal = np.array([-pos[i] for i in ids], dtype=np.float64)
     generic = np.array([reply.generic_scores[pos[i]] for i in ids])
     rho_generic = spearman_rho(y, generic)
     return spearman_rho(y, personal) - rho_generic, rho_generic

@@ -24,14 +24,22 @@ RAY_LOGS = ("raylet.out", "gcs_server.out", "dashboard_agent.log", "runtime_env_
 TELLING = re.compile(r"error|fail|exception|in use|refused", re.IGNORECASE)
 
 
+LOOPBACK = ("127.0.0.1", "localhost")
+
+
 def init_local_ray(attempts: int = 2, metrics_port: int | None = None, system_config: dict | None = None,
-                   **kwargs) -> int:
+                   metrics_host: str = "127.0.0.1", **kwargs) -> int:
     """`ray.init(address="local", **kwargs)`, tried up to `attempts` times; returns the port of
     Ray's Prometheus metrics. Without `metrics_port`, each try takes a port free at that moment.
-    system_config: Ray's internal settings for the new node (see serving.cluster.ray_compat)."""
+    system_config: Ray's internal settings for the new node (see serving.cluster.ray_compat).
+    metrics_host: Ray's metrics exporter binds either the loopback interface (127.0.0.1 /
+    localhost here) or every interface (anything else); it knows no other choice."""
     import ray
 
-    from serving.cluster.ray_compat import init_options
+    from serving.cluster.ray_compat import bind_local_node_to_loopback, init_options
+
+    if metrics_host in LOOPBACK:
+        bind_local_node_to_loopback()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for attempt in range(1, attempts + 1):

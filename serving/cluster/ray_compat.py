@@ -26,6 +26,10 @@ upgraded that test fails first, and says which workaround to re-check.
    workers it prestarted as soon as a pipeline's ~4 actors start, and the first decode tasks wait
    for new ones: `local_system_config` raises the limit. The metrics port of a local Ray is a
    private argument of ray.init (`init_options`).
+6. A local node's metrics exporter binds every interface (`bind_local_node_to_loopback`): Ray
+   takes the machine's address for a node started on 127.0.0.1 unless its "no cluster" switch
+   (`ray_constants.ENABLE_RAY_CLUSTER`, read when Ray is imported) is off, and its exporter binds
+   the loopback interface only when the node's address is a loopback one.
 5. Which exceptions mean "the Ray pipeline failed, retry it" (`is_ray_failure`): Ray raises
    errors of its own hierarchy and some from its internal modules that are not RayErrors.
 """
@@ -53,6 +57,14 @@ def init_options(metrics_port: int | None = None, system_config: dict | None = N
     if system_config:
         options["_system_config"] = dict(system_config)
     return options
+
+
+def bind_local_node_to_loopback() -> None:
+    """A local node on 127.0.0.1, so its metrics exporter binds loopback (see 6. above)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def local_system_config(cpus: int) -> dict:

@@ -13,7 +13,7 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personalize.features import N_ATTRIBUTES, N_CONTENT, SCORE_MAX, SCORE_MIN
 from serving.online.taste_models import RerankReasons
@@ -29,10 +29,20 @@ MAX_IMAGE_ID_CHARS = 1024
 MAX_REQUEST_ID_CHARS = 128
 MAX_JSON_BYTES = 8 * 1024 * 1024
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_UPLOAD_FILES = 16
+MAX_UPLOAD_PIXELS = 25_000_000  # a 24-megapixel photo (6000 x 4000) and a little margin
+MAX_FEATURE_ABS = 1e6  # inline feature values; beyond it the RBF kernel's arithmetic overflows
+THUMBNAIL_SIZES = (64, 128, 256, 512)
 
-USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+# a letter or digit first, then letters, digits, _ @ - and single dots (never '..'); 1-128 characters
+USER_ID_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_@-])*\.?$"
+MAX_USER_ID_CHARS = 128
 _USER_ID_RE = re.compile(USER_ID_PATTERN)
-_REQUEST_ID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
+_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+# what an image id may not hold (control characters) and the spellings that normalization removes
+_ID_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ID_ALIAS = re.compile(r"(?:^|/)\.(?:/|$)|//|/$", re.MULTILINE)
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ @ -, starting with a letter or digit, no '..'"
 
 
@@ -53,12 +63,50 @@ class ApiError(Exception):
 # ---------------------------------------------------------------- checks shared by every path
 
 def check_user_id(user_id: Any) -> str:
-    if not isinstance(user_id, str) or not _USER_ID_RE.match(user_id) or ".." in user_id:
+    if not isinstance(user_id, str) or len(user_id) > MAX_USER_ID_CHARS or not _USER_ID_RE.fullmatch(user_id):
         raise ApiError(400, "invalid_user_id", f"user id {user_id!r} is not allowed: use {USER_ID_RULE}")
     return user_id
 
 
+def normalize_image_id(image_id: str) -> str:
+    """One spelling per photo: '.' and empty path segments dropped ("./a//b/" -> "a/b").
+    '..' stays (such an id never opens a file outside the photos root)."""
+    kept = [part for part in image_id.split("/") if part not in ("", ".")]
+    return "/".join(kept) or image_id
+
+
+def normalize_image_ids(ids: list[str], field: str) -> list[str]:
+    """Checks every id as a whole string (1-1024 characters, valid Unicode, no control characters)
+    and normalizes aliases; one pass over the joined ids when nothing needs changing."""
+    bad = [i for i in ids if not isinstance(i, str) or not i or len(i) > MAX_IMAGE_ID_CHARS]
+    if not bad:
+        blob = "\n".join(ids)
+        try:
+            blob.encode("utf-8")
+            unicode_ok = True
+        except UnicodeEncodeError:
+            unicode_ok = False
+        if not unicode_ok or blob.count("\n") != len(ids) - 1 or _ID_CONTROL.search(blob.replace("\n", "")):
+            bad = [i for i in ids if _ID_CONTROL.search(i) or not _encodable(i)]
+        elif not _ID_ALIAS.search(blob):
+            return ids
+    if bad:
+        raise ApiError(422, "invalid_image_id", f"'{field}' holds {len(bad)} invalid image ids (each must be "
+                       f"a string of 1-{MAX_IMAGE_ID_CHARS} characters, valid Unicode, no control characters)",
+                       invalid=[ascii(b)[:100] for b in bad[:20]])
+    return [normalize_image_id(i) for i in ids]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def check_image_ids(ids: Any, field: str, limit: int) -> list[str]:
+    """A list of image ids, checked and normalized (the list that callers must use)."""
     if not isinstance(ids, list):
         raise ApiError(422, "invalid_field", f"'{field}' must be a list of image id strings")
     if not ids:
@@ -66,18 +114,13 @@ def check_image_ids(ids: Any, field: str, limit: int) -> list[str]:
     if len(ids) > limit:
         raise ApiError(413, "too_many_items", f"'{field}' holds {len(ids)} ids; at most {limit} are allowed",
                        limit=limit)
-    bad = [i for i in ids if not isinstance(i, str) or not i or len(i) > MAX_IMAGE_ID_CHARS or "\0" in i]
-    if bad:
-        raise ApiError(422, "invalid_image_id", f"'{field}' holds {len(bad)} invalid image ids (each must be "
-                       f"a non-empty string of at most {MAX_IMAGE_ID_CHARS} characters)",
-                       invalid=[repr(b) for b in bad[:20]])
-    return ids
+    return normalize_image_ids(ids, field)
 
 
 def check_request_id(request_id: Any) -> str | None:
     if request_id is None:
         return None
-    if not isinstance(request_id, str) or not _REQUEST_ID_RE.match(request_id):
+    if not isinstance(request_id, str) or not _REQUEST_ID_RE.fullmatch(request_id):
         raise ApiError(422, "invalid_request_id",
                        f"request id must be 1-{MAX_REQUEST_ID_CHARS} printable ASCII characters without spaces")
     return request_id
@@ -86,7 +129,10 @@ def check_request_id(request_id: Any) -> str | None:
 def check_score(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ApiError(422, "invalid_score", f"{where}: score {value!r} is not a number")
-    score = float(value)
+    try:
+        score = float(value)
+    except OverflowError:
+        score = math.inf
     if not math.isfinite(score) or not SCORE_MIN <= score <= SCORE_MAX:
         raise ApiError(422, "score_out_of_range",
                        f"{where}: score {value!r} is outside [{SCORE_MIN:g}, {SCORE_MAX:g}]")
@@ -97,24 +143,48 @@ def parse_json(body: bytes) -> Any:
     if not body:
         raise ApiError(400, "empty_body", "the request body is empty; send a JSON object")
     try:
-        return json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "too_deep", "the request body nests too deeply") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise ApiError(422, "number_too_large", f"the request body holds a number out of range: {exc}") from None
+    return data
+
+
+def _no_constant(name: str):
+    raise ApiError(422, "non_finite_number", f"{name} is not a number this API accepts (numbers must be finite)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ApiError(422, "non_finite_number", f"the number {text[:40]} is out of range (numbers must be finite)")
+    return value
 
 
 # ---------------------------------------------------------------- the re-rank hot path
+
+UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID_CHARS, pattern=USER_ID_PATTERN)]
+IMAGE_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+ImageId = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_ID_CHARS, pattern=IMAGE_ID_PATTERN,
+                               description="a photo's id; '.' and empty path segments are normalized away")]
+FeatureValue = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_FEATURE_ABS, le=MAX_FEATURE_ABS)]
+Score = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=SCORE_MIN, le=SCORE_MAX)]
+
 
 class InlineCandidate(BaseModel):
     """A candidate the store does not hold: its features inline (what PAM needs of a row)."""
 
     model_config = ConfigDict(extra="forbid")
-    image_id: Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_ID_CHARS)]
-    aes_score: StrictFloat | StrictInt
-    attributes: Annotated[list[StrictFloat | StrictInt], Field(min_length=N_ATTRIBUTES, max_length=N_ATTRIBUTES)]
-    content: Annotated[list[StrictFloat | StrictInt], Field(min_length=N_CONTENT, max_length=N_CONTENT)]
+    image_id: ImageId
+    aes_score: FeatureValue
+    attributes: Annotated[list[FeatureValue], Field(min_length=N_ATTRIBUTES, max_length=N_ATTRIBUTES)]
+    content: Annotated[list[FeatureValue], Field(min_length=N_CONTENT, max_length=N_CONTENT)]
 
 
-CandidateId = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_ID_CHARS)]
+CandidateId = ImageId
 INCLUDE_OPTIONS = ("reasons",)  # opt-in parts of a re-rank reply
 IncludeOption = Literal["reasons"]
 
@@ -122,11 +192,13 @@ IncludeOption = Literal["reasons"]
 class RerankRequest(BaseModel):
     """Exactly one of `candidates` (ids in the feature store) or `items` (inline features)."""
 
-    model_config = ConfigDict(extra="forbid")
-    candidates: Annotated[list[CandidateId] | None, Field(min_length=1, max_length=MAX_CANDIDATES)] = None
-    items: Annotated[list[InlineCandidate] | None, Field(max_length=MAX_CANDIDATES)] = None
-    top_k: Annotated[int | None, Field(ge=1, le=MAX_CANDIDATES)] = None
-    include: Annotated[list[IncludeOption] | None, Field(max_length=len(INCLUDE_OPTIONS), description=(
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["candidates"]}, {"required": ["items"]}]})
+    # absent is None; an explicit null is refused (the schema has no null)
+    candidates: Annotated[list[CandidateId], Field(min_length=1, max_length=MAX_CANDIDATES)] = None
+    items: Annotated[list[InlineCandidate], Field(min_length=1, max_length=MAX_CANDIDATES)] = None
+    top_k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = None
+    include: Annotated[list[IncludeOption], Field(max_length=len(INCLUDE_OPTIONS), description=(
         "optional parts of the reply, off by default: 'reasons' (per photo, the features that moved "
         "its personal score most)"))] = None
 
@@ -145,7 +217,7 @@ class RerankResponse(BaseModel):
 
 
 class BulkRerankQuery(RerankRequest):
-    user_id: str
+    user_id: UserId
 
 
 class BulkRerankRequest(BaseModel):
@@ -160,12 +232,13 @@ def _query_from_model(request: RerankRequest, where: str) -> RerankQuery:
         raise ApiError(422, "invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
                        "or 'items' (inline features)")
     if request.candidates is not None:
-        return RerankQuery(request.candidates, request.top_k, include=request.include)
+        return RerankQuery(normalize_image_ids(request.candidates, "candidates"), request.top_k,
+                           include=request.include)
     table = np.array([[*it.attributes, *it.content, it.aes_score] for it in request.items], dtype=np.float64)
     if not np.isfinite(table).all():
         raise ApiError(422, "invalid_item", f"{where}: inline features must be finite numbers")
-    return RerankQuery([it.image_id for it in request.items], request.top_k, x=table[:, :-1], aes_score=table[:, -1],
-                       include=request.include)
+    ids = normalize_image_ids([it.image_id for it in request.items], "items.image_id")
+    return RerankQuery(ids, request.top_k, x=table[:, :-1], aes_score=table[:, -1], include=request.include)
 
 
 def decode_rerank(body: bytes) -> RerankQuery:
@@ -198,8 +271,16 @@ def decode_bulk(body: bytes) -> list[tuple[str, RerankQuery]]:
     return [(check_user_id(q.user_id), _query_from_model(q, f"queries[{k}]")) for k, q in enumerate(request.queries)]
 
 
+class BulkQueryError(BaseModel):
+    """A failed query of a bulk request, in its place: the error body plus the query's user id."""
+
+    user_id: str
+    detail: str
+    error: str
+
+
 class BulkRerankResponse(BaseModel):
-    results: list[RerankResponse]
+    results: list[RerankResponse | BulkQueryError]
 
 
 _RERANK_KEYS = frozenset({"candidates", "items", "top_k", "include"})
@@ -255,14 +336,14 @@ def _parse_inline(items: Any, where: str, top_k: int | None) -> RerankQuery:
     if len(items) > MAX_CANDIDATES:
         raise ApiError(413, "too_many_items", f"'items' holds {len(items)} candidates; at most "
                        f"{MAX_CANDIDATES} are allowed", limit=MAX_CANDIDATES)
-    ids, rows, scores = [], [], []
+    ids, rows = [], []
     for k, item in enumerate(items):
         at = f"{where}: items[{k}]"
         if not isinstance(item, dict) or set(item) != {"image_id", "aes_score", "attributes", "content"}:
             raise ApiError(422, "invalid_item", f"{at} must be an object with exactly image_id, aes_score, "
                            f"attributes ({N_ATTRIBUTES} numbers) and content ({N_CONTENT} numbers)")
         image_id = item["image_id"]
-        if not isinstance(image_id, str) or not image_id or len(image_id) > MAX_IMAGE_ID_CHARS:
+        if not isinstance(image_id, str):
             raise ApiError(422, "invalid_image_id", f"{at}: image_id must be a non-empty string")
         attributes, content = item["attributes"], item["content"]
         if not isinstance(attributes, list) or len(attributes) != N_ATTRIBUTES:
@@ -274,11 +355,15 @@ def _parse_inline(items: Any, where: str, top_k: int | None) -> RerankQuery:
             raise ApiError(422, "invalid_item", f"{at}: aes_score, attributes and content must be numbers")
         ids.append(image_id)
         rows.append(values)
-    table = np.asarray(rows, dtype=np.float64)
-    if not np.isfinite(table).all():
-        raise ApiError(422, "invalid_item", f"{where}: inline features must be finite numbers")
-    scores = table[:, -1]
-    return RerankQuery(ids, top_k, x=table[:, :-1], aes_score=scores)
+    ids = normalize_image_ids(ids, f"{where}: items.image_id")
+    try:
+        table = np.asarray(rows, dtype=np.float64)
+    except OverflowError:
+        table = np.full((1, 1), np.inf)
+    if not np.isfinite(table).all() or np.abs(table).max() > MAX_FEATURE_ABS:
+        raise ApiError(422, "invalid_item", f"{where}: inline features must be finite numbers in "
+                       f"[-{MAX_FEATURE_ABS:g}, {MAX_FEATURE_ABS:g}]")
+    return RerankQuery(ids, top_k, x=table[:, :-1], aes_score=table[:, -1])
 
 
 # ---------------------------------------------------------------- the other endpoints (pydantic)
@@ -290,10 +375,12 @@ class ErrorResponse(BaseModel):
 
 class ImageIdsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    image_ids: Annotated[list[str], Field(min_length=1)]
+    image_ids: Annotated[list[ImageId], Field(min_length=1, max_length=MAX_ALBUM_IDS)]
 
 
-class ScoreIdsRequest(ImageIdsRequest):
+class ScoreIdsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image_ids: Annotated[list[ImageId], Field(min_length=1, max_length=MAX_SCORE_IDS)]
     include_features: bool = False
 
 
@@ -321,8 +408,8 @@ class AlbumResponse(BaseModel):
 
 class Rating(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    image_id: str
-    score: Annotated[StrictFloat | StrictInt, Field(ge=SCORE_MIN, le=SCORE_MAX)]
+    image_id: ImageId
+    score: Score
 
 
 class AlbumListing(BaseModel):
@@ -336,7 +423,9 @@ class AlbumListing(BaseModel):
 class RatingsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ratings: Annotated[list[Rating], Field(min_length=1, max_length=MAX_RATINGS_PER_CALL)]
-    request_id: str | None = Field(None, description="makes a retry idempotent (or header Idempotency-Key)")
+    request_id: Annotated[str | None, Field(pattern=REQUEST_ID_PATTERN, min_length=1,
+                                            max_length=MAX_REQUEST_ID_CHARS)] = Field(
+        None, description="makes a retry idempotent (or header Idempotency-Key)")
 
 
 class RatingsResponse(BaseModel):

@@ -20,7 +20,7 @@ from serving.online.api_models import ApiError
 MAX_RESULTS = 1000
 
 
-def search_router(runtime) -> APIRouter:
+def search_router(runtime, responses: dict | None = None) -> APIRouter:
     router = APIRouter()
     opened: dict[str, object] = {}  # model version -> PhotoIndex
 
@@ -36,7 +36,7 @@ def search_router(runtime) -> APIRouter:
                                f"with `pam index --features {root}` (it goes to {index_dir(root, version)})") from None
         return opened[version]
 
-    @router.get(f"{m.API_PREFIX}/search", tags=["search"])
+    @router.get(f"{m.API_PREFIX}/search", tags=["search"], responses=responses or {})
     async def search(request: Request, q: Annotated[str, Query(min_length=1, max_length=1000, description="words to search for")],
                      n: Annotated[int, Query(ge=1, le=MAX_RESULTS, description="results (the re-rank window)")] = 200):
         """The text index's top n photos for `q` (BM25 over file and folder names, ImageNet class

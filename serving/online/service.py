@@ -19,6 +19,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from export.preprocess import DecodeError, decode
 from personalize.active import ActivePAM
-from personalize.features import W_AES_PAPER, pam_input, visual_vector
+from personalize.features import SCORE_MAX, SCORE_MIN, W_AES_PAPER, pam_input, visual_vector
 from personalize.pam import PAM, estimate_gain, rbf_offsets
 from serving.feature_table.store import FeatureRows, FeatureStore
 from serving.online import taste
@@ -35,6 +36,8 @@ from serving.online.api_models import (
     MAX_RATINGS_PER_CALL,
     MAX_SCORE_IDS,
     MAX_SUGGESTIONS,
+    MAX_UPLOAD_PIXELS,
+    THUMBNAIL_SIZES,
     USER_ID_PATTERN,
     ApiError,
     RerankQuery,
@@ -71,9 +74,42 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-THUMBNAIL_SIZES = (64, 128, 256, 512)
 SCORE_DECIMALS = 6
 UPLOAD_PREFIX = "upload:"
+# Uploaded photos live in their tenant's namespace: stored as TENANT_MARK tenant TENANT_MARK id.
+# The mark is a control character, which no client id may hold, so no id can reach another
+# tenant's photos or the catalog's.
+TENANT_MARK = "\x1d"
+
+
+def tenant_key(tenant: str, image_id: str) -> str:
+    return f"{TENANT_MARK}{tenant}{TENANT_MARK}{image_id}"
+
+
+def _client_id(key: str) -> str:
+    return key.rsplit(TENANT_MARK, 1)[-1] if key.startswith(TENANT_MARK) else key
+
+
+def _merge_rows(image_ids: Sequence[str], catalog_rows: FeatureRows, own: FeatureRows) -> FeatureRows:
+    """Rows of `image_ids` in the order asked, from the catalog's rows and a tenant's own rows
+    (each in the order asked, ids it does not hold skipped)."""
+    own_ids = [_client_id(i) for i in own.image_ids]
+    picks, pc, po = [], 0, 0
+    for image_id in image_ids:
+        if pc < len(catalog_rows.image_ids) and catalog_rows.image_ids[pc] == image_id:
+            picks.append(pc)
+            pc += 1
+        elif po < len(own_ids) and own_ids[po] == image_id:
+            picks.append(len(catalog_rows) + po)
+            po += 1
+    take = np.asarray(picks, dtype=np.intp)
+    ids = catalog_rows.image_ids + own_ids
+    return FeatureRows(
+        image_ids=[ids[i] for i in picks],
+        **{name: np.concatenate([getattr(catalog_rows, name), getattr(own, name)])[take]
+           for name in ("aes_score", "aes_feat", "attributes", "content")},
+        model_version=catalog_rows.model_version,
+        failed={**catalog_rows.failed, **{_client_id(k): v for k, v in own.failed.items()}})
 
 
 @dataclass
@@ -133,9 +169,12 @@ def safe_relative_path(root: Path, image_id: str) -> Path | None:
     rel = PurePosixPath(image_id)
     if rel.is_absolute() or any(part in ("..", "") for part in rel.parts):
         return None
-    root = root.resolve()
-    candidate = (root / rel).resolve()
-    return candidate if candidate.is_relative_to(root) and candidate.is_file() else None
+    try:
+        root = root.resolve()
+        candidate = (root / rel).resolve()
+        return candidate if candidate.is_relative_to(root) and candidate.is_file() else None
+    except (OSError, ValueError):  # a name too long for the file system, a loop of links
+        return None
 
 
 def _open_backend(spec: str):
@@ -167,9 +206,20 @@ class Catalog:
             raise ValueError(f"the model at {model} is version {self.backend.model_version!r} but the "
                              f"feature store serves {self.model_version!r}: versions never mix")
 
-    def rows(self, image_ids: Sequence[str]) -> FeatureRows:
-        """Feature rows of ids in the order given; 404 listing unknown ids, 422 listing failed ones."""
+    def lookup(self, image_ids: Sequence[str], tenant: str | None = None) -> tuple[FeatureRows, list[str]]:
+        """The store's lookup, plus the photos `tenant` uploaded (catalog ids first: an upload
+        never shadows a catalog photo)."""
         found, missing = self.store.lookup(image_ids)
+        if not missing or tenant is None:
+            return found, missing
+        own, still = self.store.lookup([tenant_key(tenant, i) for i in missing])
+        if not len(own) and not own.failed:
+            return found, missing
+        return _merge_rows(image_ids, found, own), [_client_id(i) for i in still]
+
+    def rows(self, image_ids: Sequence[str], tenant: str | None = None) -> FeatureRows:
+        """Feature rows of ids in the order given; 404 listing unknown ids, 422 listing failed ones."""
+        found, missing = self.lookup(image_ids, tenant)
         if missing:
             raise ApiError(404, "unknown_images", f"{len(missing)} image ids are not in the feature store "
                            f"(model version {self.model_version})", unknown=missing[:100])
@@ -224,7 +274,7 @@ class UserModel:
         self._build(snapshot, catalog)
 
     def _build(self, snapshot: UserSnapshot, catalog: Catalog) -> None:
-        found, missing = catalog.store.lookup(snapshot.album) if snapshot.album else (None, [])
+        found, missing = catalog.lookup(snapshot.album, self.tenant) if snapshot.album else (None, [])
         if found is None:
             self.album_ids: list[str] = []
             self.X = np.zeros((0, 21))
@@ -373,6 +423,10 @@ class PersonalizationService:
         self.thumbnail_dir = Path(self.config.thumbnail_dir) if self.config.thumbnail_dir else None
         self._key_hashes = {hashlib.sha256(k.encode()).digest(): t for k, t in (self.config.api_keys or {}).items()}
         self._switch_lock = threading.Lock()
+        # one photo decoded at a time per replica: a 24-megapixel PNG takes ~150 MB while it decodes
+        self._decode_slot = threading.BoundedSemaphore(1)
+        # uploads and thumbnails run here, never in the default pool that health checks share
+        self.photo_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pam-photos")
 
     # ------------------------------------------------------------------ setup and versions
     def switch_model(self, model: str | None, model_version: str | None = None) -> str:
@@ -385,10 +439,15 @@ class PersonalizationService:
         return new.model_version
 
     def close(self) -> None:
+        self.photo_pool.shutdown(wait=False, cancel_futures=True)
         self.catalog.close()
         self.users.close()
 
     # ------------------------------------------------------------------ auth and users
+    @property
+    def has_api_keys(self) -> bool:
+        return bool(self._key_hashes)
+
     def tenant_for(self, api_key: str | None) -> str:
         if not self._key_hashes:
             return DEFAULT_TENANT
@@ -445,7 +504,8 @@ class PersonalizationService:
             if path is None:
                 continue
             try:
-                images.append(decode(path.read_bytes()))
+                with self._decode_slot:
+                    images.append(decode(path.read_bytes(), max_pixels=MAX_UPLOAD_PIXELS))
                 ok_ids.append(image_id)
             except DecodeError as exc:
                 failed[image_id] = str(exc)
@@ -459,9 +519,9 @@ class PersonalizationService:
                                      model_version=catalog.model_version)
         return ok_ids, failed
 
-    def _known_or_scored(self, catalog: Catalog, image_ids: list[str]) -> int:
+    def _known_or_scored(self, catalog: Catalog, image_ids: list[str], tenant: str) -> int:
         """Make every id known to the store (scoring reachable files); 404 lists the rest."""
-        _, missing = catalog.store.lookup(image_ids)
+        _, missing = catalog.lookup(image_ids, tenant)
         if not missing:
             return 0
         scored, _ = self._score_files(catalog, missing)
@@ -473,11 +533,11 @@ class PersonalizationService:
                            f"(model version {catalog.model_version}){hint}", unknown=still[:100])
         return len(scored)
 
-    def score_ids(self, image_ids: list[str], include_features: bool = False) -> dict:
-        check_image_ids(image_ids, "image_ids", MAX_SCORE_IDS)
+    def score_ids(self, image_ids: list[str], include_features: bool = False, tenant: str = DEFAULT_TENANT) -> dict:
+        image_ids = check_image_ids(image_ids, "image_ids", MAX_SCORE_IDS)
         catalog = self.catalog
         scored_now = set()
-        _, missing = catalog.store.lookup(image_ids)
+        _, missing = catalog.lookup(image_ids, tenant)
         if missing:
             scored, _ = self._score_files(catalog, missing)
             scored_now = set(scored)
@@ -485,7 +545,7 @@ class PersonalizationService:
             if unknown:
                 raise ApiError(404, "unknown_images", f"{len(unknown)} image ids are neither in the feature store "
                                "nor reachable as files", unknown=unknown[:100])
-        found, _ = catalog.store.lookup(image_ids)
+        found, _ = catalog.lookup(image_ids, tenant)
         by_id = {image_id: k for k, image_id in enumerate(found.image_ids)}
         results = []
         for image_id in image_ids:
@@ -507,38 +567,54 @@ class PersonalizationService:
             row["aes_feat"] = rows.aes_feat[k].tolist()
         return row
 
-    def score_uploads(self, uploads: Sequence[tuple[str, bytes, str | None]], include_features: bool = False) -> dict:
-        """uploads: (file name, bytes, image_id or None). New photos are scored and kept online."""
+    def score_uploads(self, uploads: Sequence[tuple[str, bytes, str | None]], include_features: bool = False,
+                      tenant: str = DEFAULT_TENANT) -> dict:
+        """uploads: (file name, bytes, image_id or None). New photos are scored and kept online, in
+        the tenant's namespace; an id that names a catalog photo is refused (409), a photo of more
+        than MAX_UPLOAD_PIXELS pixels too (413)."""
         catalog = self.catalog
         if catalog.backend is None:
             raise ApiError(503, "no_backend", "this service has no feature backend configured (start it "
                            "with a model), so it cannot score uploaded photos")
+        named = [(k, image_id) for k, (_, _, image_id) in enumerate(uploads) if image_id is not None]
+        if named:
+            given = check_image_ids([i for _, i in named], "image_ids", len(named))
+            uploads = list(uploads)
+            for (k, _), image_id in zip(named, given, strict=True):
+                uploads[k] = (uploads[k][0], uploads[k][1], image_id)
+            in_catalog, _ = catalog.store.lookup(given)
+            taken = sorted(set(in_catalog.image_ids) | set(in_catalog.failed)
+                           | {i for i in given if self._reachable(i) is not None})
+            if taken:
+                raise ApiError(409, "image_id_taken", f"{len(taken)} image ids name catalog photos, which an "
+                               "upload never replaces: choose other ids", taken=taken[:100])
         rows: list[dict | None] = [None] * len(uploads)
         ids, images, positions = [], [], []
         for k, (name, data, image_id) in enumerate(uploads):
             image_id = image_id or UPLOAD_PREFIX + hashlib.sha256(data).hexdigest()[:32]
             try:
-                check_image_ids([image_id], "image_id", 1)
-                image = decode(data)
+                with self._decode_slot:
+                    image = decode(data, max_pixels=MAX_UPLOAD_PIXELS)
             except DecodeError as exc:
+                if exc.reason == "too_many_pixels":
+                    raise ApiError(413, "too_many_pixels", f"{name}: {exc.detail or exc}; at most "
+                                   f"{MAX_UPLOAD_PIXELS} pixels are accepted", limit=MAX_UPLOAD_PIXELS) from None
                 rows[k] = {"image_id": image_id, "source": "failed", "error": f"{name}: {exc}"}
-                continue
-            except ApiError as exc:
-                rows[k] = {"image_id": str(image_id), "source": "failed", "error": exc.message}
                 continue
             ids.append(image_id)
             images.append(image)
             positions.append(k)
-            self._save_thumbnail(image_id, data)
+            self._save_thumbnail(tenant, image_id, data)
         if ids:
-            _, missing = catalog.store.lookup(ids)
+            keys = [tenant_key(tenant, i) for i in ids]
+            _, missing = catalog.store.lookup(keys)
             missing_set = set(missing)
-            first = {image_id: i for i, image_id in reversed(list(enumerate(ids)))}
-            new = [i for image_id, i in first.items() if image_id in missing_set]
+            first = {key: i for i, key in reversed(list(enumerate(keys)))}
+            new = [i for key, i in first.items() if key in missing_set]
             if new:
                 features = catalog.backend.score(np.stack([images[i] for i in new]))
-                catalog.store.add_online([ids[i] for i in new], features, model_version=catalog.backend.model_version)
-            found, _ = catalog.store.lookup(ids)
+                catalog.store.add_online([keys[i] for i in new], features, model_version=catalog.backend.model_version)
+            found, _ = catalog.lookup(ids, tenant)
             by_id = {image_id: j for j, image_id in enumerate(found.image_ids)}
             new_ids = {ids[i] for i in new}
             for image_id, k in zip(ids, positions, strict=True):
@@ -554,13 +630,13 @@ class PersonalizationService:
                            + "; ".join(r["error"] for r in rows), failed=[r["error"] for r in rows])
         return {"model_version": catalog.model_version, "results": rows}
 
-    def _thumb_path(self, image_id: str) -> Path | None:
+    def _thumb_path(self, tenant: str, image_id: str) -> Path | None:
         if self.thumbnail_dir is None:
             return None
-        return self.thumbnail_dir / (hashlib.sha256(image_id.encode()).hexdigest() + ".jpg")
+        return self.thumbnail_dir / (hashlib.sha256(tenant_key(tenant, image_id).encode()).hexdigest() + ".jpg")
 
-    def _save_thumbnail(self, image_id: str, data: bytes) -> None:
-        path = self._thumb_path(image_id)
+    def _save_thumbnail(self, tenant: str, image_id: str, data: bytes) -> None:
+        path = self._thumb_path(tenant, image_id)
         if path is None or path.exists():
             return
         try:
@@ -572,24 +648,28 @@ class PersonalizationService:
         tmp.write_bytes(jpeg)
         tmp.replace(path)
 
-    def thumbnail(self, image_id: str, size: int) -> bytes:
+    def thumbnail(self, image_id: str, size: int, tenant: str = DEFAULT_TENANT) -> tuple[bytes, bool]:
+        """(JPEG, shared): a catalog file's thumbnail is the same for everyone (shared=True); an
+        uploaded photo's is its tenant's own."""
         if size not in THUMBNAIL_SIZES:
             raise ApiError(422, "invalid_size", f"size must be one of {list(THUMBNAIL_SIZES)}")
-        check_image_ids([image_id], "image_id", 1)
-        kept = self._thumb_path(image_id)
-        if kept is not None and kept.is_file():
+        image_id = check_image_ids([image_id], "image_id", 1)[0]
+        path = self._reachable(image_id)
+        kept = self._thumb_path(tenant, image_id) if path is None else None
+        if path is not None:
+            data = path.read_bytes()
+        elif kept is not None and kept.is_file():
             data = kept.read_bytes()
         else:
-            path = self._reachable(image_id)
-            if path is None:
-                raise ApiError(404, "no_file", f"no file is reachable for image id {image_id!r} (the service "
-                               "serves files under its photos root and photos uploaded to it)",
-                               unknown=[image_id])
-            data = path.read_bytes()
+            raise ApiError(404, "no_file", f"no file is reachable for image id {image_id!r} (the service "
+                           "serves files under its photos root and photos uploaded to it)",
+                           unknown=[image_id])
         try:
-            return make_thumbnail(data, size)
+            with self._decode_slot:
+                return make_thumbnail(data, size), path is not None
         except DecodeError as exc:
-            raise ApiError(422, "undecodable_photo", f"{image_id!r} cannot be decoded: {exc}") from None
+            status = 413 if exc.reason == "too_many_pixels" else 422
+            raise ApiError(status, "undecodable_photo", f"{image_id!r} cannot be decoded: {exc}") from None
 
     # ------------------------------------------------------------------ users
     def create_user(self, tenant: str, user_id: str) -> bool:
@@ -598,8 +678,8 @@ class PersonalizationService:
 
     def add_album(self, tenant: str, user_id: str, image_ids: list[str]) -> dict:
         check_user_id(user_id)
-        check_image_ids(image_ids, "image_ids", MAX_ALBUM_IDS)
-        scored = self._known_or_scored(self.catalog, image_ids)
+        image_ids = check_image_ids(image_ids, "image_ids", MAX_ALBUM_IDS)
+        scored = self._known_or_scored(self.catalog, image_ids, tenant)
         ack = self.users.add_album(user_id, image_ids, tenant)
         return {"user_id": user_id, "added": ack.added, "album_size": ack.album_size, "scored_online": scored}
 
@@ -616,10 +696,10 @@ class PersonalizationService:
             if not isinstance(item, Mapping) or set(item) != {"image_id", "score"}:
                 raise ApiError(422, "invalid_rating", f"ratings[{k}] must be an object with exactly image_id "
                                "and score")
-            check_image_ids([item["image_id"]], f"ratings[{k}].image_id", 1)
-            pairs.append((item["image_id"], check_score(item["score"], f"ratings[{k}]")))
+            image_id = check_image_ids([item["image_id"]], f"ratings[{k}].image_id", 1)[0]
+            pairs.append((image_id, check_score(item["score"], f"ratings[{k}]")))
         self.versions(tenant, user_id)  # 404 for an unknown user before the image checks
-        self._known_or_scored(self.catalog, [p[0] for p in pairs])
+        self._known_or_scored(self.catalog, [p[0] for p in pairs], tenant)
         try:
             ack = self.users.add_ratings(user_id, pairs, request_id=request_id, tenant=tenant)
         except UnknownUser:
@@ -659,11 +739,14 @@ class PersonalizationService:
         if query.inline:
             ids, x, generic = query.ids, query.x, query.aes_score
         else:
-            rows = catalog.rows(query.ids)
+            rows = catalog.rows(query.ids, model.tenant)
             ids = rows.image_ids
             x = pam_input(rows.attributes, rows.content)
             generic = rows.aes_score.astype(np.float64)
         scores = fit.predict(x, generic)
+        if not np.isfinite(scores).all():
+            raise ApiError(422, "non_finite_score", "these features give a non-finite score; send features "
+                           "as the service's photo scoring returns them")
         order = np.argsort(-scores, kind="stable")
         if query.top_k is not None:
             order = order[:query.top_k]
@@ -676,9 +759,10 @@ class PersonalizationService:
             "ratings_version": fit.versions.ratings,
             "n_ratings": fit.n_ratings,
             "image_ids": [ids_array[i] for i in order.tolist()],
-            # 6 decimals on a 1-5 scale: 9 bytes a score instead of 18, a third less reply to carry
-            # through the proxy; the order is taken from the unrounded scores
-            "scores": np.round(scores[order], SCORE_DECIMALS),
+            # shown on the rating scale: clipped to [1, 5], ordered by the unclipped value (clipping
+            # first would tie the top photos). 6 decimals: 9 bytes a score instead of 18, a third
+            # less reply to carry through the proxy
+            "scores": np.round(np.clip(scores[order], SCORE_MIN, SCORE_MAX), SCORE_DECIMALS),
             "generic_scores": np.round(generic[order], SCORE_DECIMALS),
         }
         if "reasons" in query.include:

@@ -57,6 +57,7 @@ def expect_error(response: requests.Response, status: int, *words: str) -> dict:
 
 
 def expected_scores(env, rated: dict[str, float], candidates: list[str]) -> np.ndarray:
+    """What the reply shows: a PAM fit's predictions, clipped to the 1-5 rating scale."""
     store = FeatureStore.open(env["feature_root"])
     rated_ids = sorted(rated)
     rows, _ = store.lookup(rated_ids)
@@ -64,7 +65,7 @@ def expected_scores(env, rated: dict[str, float], candidates: list[str]) -> np.n
     model = PAM().fit(X, [rated[i] for i in rated_ids])
     cand, _ = store.lookup(candidates)
     Xc = np.hstack([pam_input(cand.attributes, cand.content), cand.aes_score.reshape(-1, 1).astype(np.float64)])
-    return model.predict(Xc)
+    return np.clip(model.predict(Xc), 1, 5)
 
 
 def test_openapi_health_readiness(api):
