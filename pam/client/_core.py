@@ -335,6 +335,11 @@ class ApiCalls:
         """The user's state -> UserState."""
         return self._run(Call("GET", _user_path(user_id), lambda r: UserState.from_json(_json(r)), user_id=user_id))
 
+    def taste(self, user_id: str):
+        """What the user's model has learnt: {user_id, n_ratings, model_version, attributes, content},
+        each list of {key, name, effect, std, supported} sorted by |effect|."""
+        return self._run(Call("GET", _user_path(user_id) + "/taste", _json, user_id=user_id))
+
     def delete_user(self, user_id: str):
         """Delete the user and everything stored for them."""
         return self._run(Call("DELETE", _user_path(user_id), _json, user_id=user_id))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 
@@ -27,7 +26,7 @@ def collect(url: str, demo_panel, strategy: str = "active") -> dict:
     users = []
     try:
         for user in demo_panel.users:
-            reply = client.call("GET", f"/v1/users/{quote(f'{user.user_id}-{strategy}')}/taste")
+            reply = client.taste(f"{user.user_id}-{strategy}")
             rows = [index[i] for i in user.image_ids]
             X = np.hstack([props.attributes[rows], props.content[rows], props.aes_score[rows, None]])
             true = true_score_effects(panel, panel.workers[user.user_id], X)

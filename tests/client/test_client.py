@@ -87,6 +87,10 @@ def test_the_whole_api_through_the_client(service):
         assert album.image_ids[:30] == ids[:30] and len(album.ratings) == 12
         user = client.user("cli-ann")
         assert user.n_ratings == 12 and user.personalized and user.gain is not None
+        taste = client.taste("cli-ann")
+        assert taste["n_ratings"] == 12 and len(taste["attributes"]) == 10 and len(taste["content"]) == 10
+        effects = [abs(a["effect"]) for a in taste["attributes"]]
+        assert effects == sorted(effects, reverse=True)
 
         # scoring by id, then the same photos re-ranked from their inline features
         scored = client.score(ids[30:36], include_features=True)

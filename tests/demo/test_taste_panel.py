@@ -25,7 +25,7 @@ def test_the_taste_panel_follows_every_rating(page_service, browser):  # noqa: F
     from selenium.webdriver.support.ui import WebDriverWait
 
     svc = page_service
-    svc["client"].call("POST", f"/v1/users/{USER}/album", {"image_ids": svc["ids"]})
+    svc["client"].add_album(USER, svc["ids"])
     browser.get(f"{svc['url']}/ui/?user={USER}")
     _wait_for_ratings(browser, 0)
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "taste").get_attribute("data-n-ratings") == "0")
@@ -35,7 +35,7 @@ def test_the_taste_panel_follows_every_rating(page_service, browser):  # noqa: F
         _wait_for_ratings(browser, step)
         WebDriverWait(browser, 30).until(
             lambda d, n=step: d.find_element(By.ID, "taste").get_attribute("data-n-ratings") == str(n))
-        taste = svc["client"].call("GET", f"/v1/users/{USER}/taste")
+        taste = svc["client"].taste(USER)
         assert taste["n_ratings"] == step
         for block in ("attributes", "content"):
             shown = _panel(browser, block)
