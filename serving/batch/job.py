@@ -71,6 +71,7 @@ class JobConfig:
     max_attempts: int = 3
     stall_timeout_s: float = 600.0        # no scored batch for this long: abort, re-plan, retry
     node_loss_grace_s: float = 30.0       # the same, sooner, once a node of the cluster is gone
+    retry_startup_s: float = 180.0        # a retry without a first batch by then: abort, re-plan again
     finalize_memory_bytes: int = DEFAULT_MEMORY_BYTES  # the driver's memory while finalizing
     lease_s: float = 120.0                # the version's lock expires this long after its job stops
     wait_for_lock_s: float = 0.0          # another job holds the version: wait this long, then fail
@@ -321,7 +322,8 @@ def _run_locked(config: JobConfig, version: Version, crop_policy: str, content_n
                 started_ray = _ensure_ray(config)
             plans.append(_plan(config))  # every attempt: a retry after a lost node fits what is left
             try:
-                released.append(_run_pipeline(config, sources, todo, version, crop_policy, plans[-1], processed))
+                released.append(_run_pipeline(config, sources, todo, version, crop_policy, plans[-1], processed,
+                                              retry=attempts > 1))
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # a lost node or actor, a stalled pipeline: redo what is not written
@@ -396,7 +398,7 @@ def _plan(config: JobConfig) -> ResourcePlan:
 
 
 def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, version: Version, crop_policy: str,
-                  plan: ResourcePlan, processed: dict) -> dict:
+                  plan: ResourcePlan, processed: dict, retry: bool = False) -> dict:
     """One attempt: the Ray Data pipeline over `todo`, its rows staged as they arrive. Returns
     what releasing its scoring actors took (raised errors carry it as `.released`)."""
     import ray.data
@@ -434,7 +436,8 @@ def _run_pipeline(config: JobConfig, sources: Sources, todo: pa.Table, version: 
     start = time.perf_counter()
     arrivals: list[tuple[float, int]] = []  # (time, rows so far) as batches reach the driver
     written = 0
-    watchdog = ray_compat.StallWatchdog(ds, config.stall_timeout_s, config.node_loss_grace_s)
+    watchdog = ray_compat.StallWatchdog(ds, config.stall_timeout_s, config.node_loss_grace_s,
+                                        startup_timeout_s=config.retry_startup_s if retry else None)
     released = None
     try:
         try:

@@ -179,13 +179,14 @@ class PipelineStalled(RuntimeError):
 class StallWatchdog:
     """Shuts a Ray Data execution down when it stops producing batches.
 
-    The clock starts at the first batch: start-up (actors loading a model) is not a stall. Past
-    `stall_timeout_s` without a batch, or `node_loss_grace_s` once a node of the cluster is gone,
-    it shuts the execution down; `reason` then says why.
+    Between batches: past `stall_timeout_s` without a batch, or `node_loss_grace_s` once a node of
+    the cluster is gone, it shuts the execution down; `reason` then says why. Before the first
+    batch (actors loading a model) it waits `startup_timeout_s` (default: `stall_timeout_s`): a
+    retry after a lost node whose actors never start would otherwise wait forever.
     """
 
     def __init__(self, ds, stall_timeout_s: float, node_loss_grace_s: float, poll_s: float = 1.0,
-                 nodes: Callable[[], set[str]] = alive_node_ids):
+                 nodes: Callable[[], set[str]] = alive_node_ids, startup_timeout_s: float | None = None):
         self._ds = ds
         self._stall_timeout_s = stall_timeout_s
         self._node_loss_grace_s = node_loss_grace_s
@@ -193,6 +194,8 @@ class StallWatchdog:
         self._nodes = nodes
         self._nodes_at_start = nodes()
         self._last_batch: float | None = None
+        self._startup_timeout_s = stall_timeout_s if startup_timeout_s is None else startup_timeout_s
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self.reason: str | None = None
         self._thread = threading.Thread(target=self._watch, name="pam-stall-watchdog", daemon=True)
@@ -212,6 +215,10 @@ class StallWatchdog:
         checks = 0
         while not self._stop.wait(self._poll_s):
             if self._last_batch is None:
+                waited = time.monotonic() - self._started
+                if waited > self._startup_timeout_s:
+                    self._abort(f"no first batch in {waited:.0f} s")
+                    return
                 continue
             idle = time.monotonic() - self._last_batch
             if idle > self._stall_timeout_s:

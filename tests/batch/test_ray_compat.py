@@ -136,3 +136,30 @@ def test_watchdog_aborts_on_a_lost_node_sooner_than_on_a_stall():
             time.sleep(0.02)
     assert watchdog.reason and "1 node(s) lost" in watchdog.reason
     assert isinstance(Executor.stopped, ray_compat.PipelineStalled)
+
+
+def test_watchdog_ends_a_pipeline_whose_first_batch_never_comes():
+    """A retry after a lost node whose actors never start: without a first batch the watchdog
+    still ends it after its start-up limit (and never before: start-up is not a stall)."""
+    class Executor:
+        stopped = None
+
+        def shutdown(self, force, exception):
+            Executor.stopped = exception
+
+    class Dataset:
+        _current_executor = Executor()
+
+    patient = ray_compat.StallWatchdog(Dataset(), stall_timeout_s=60, node_loss_grace_s=0.1, poll_s=0.02,
+                                       nodes=lambda: {"a"})
+    with patient:
+        time.sleep(0.3)
+    assert patient.reason is None and Executor.stopped is None
+    watchdog = ray_compat.StallWatchdog(Dataset(), stall_timeout_s=60, node_loss_grace_s=0.1, poll_s=0.02,
+                                        nodes=lambda: {"a"}, startup_timeout_s=0.2)
+    with watchdog:
+        deadline = time.monotonic() + 10
+        while watchdog.reason is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert watchdog.reason and "no first batch" in watchdog.reason
+    assert isinstance(Executor.stopped, ray_compat.PipelineStalled)
