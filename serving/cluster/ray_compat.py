@@ -181,8 +181,9 @@ class StallWatchdog:
 
     Between batches: past `stall_timeout_s` without a batch, or `node_loss_grace_s` once a node of
     the cluster is gone, it shuts the execution down; `reason` then says why. Before the first
-    batch (actors loading a model) it waits `startup_timeout_s` (default: `stall_timeout_s`): a
-    retry after a lost node whose actors never start would otherwise wait forever.
+    batch (actors loading a model) it waits `startup_timeout_s` (None: no limit, start-up is not a
+    stall); the job sets one for retries: a retry after a lost node whose actors never start
+    would otherwise wait forever.
     """
 
     def __init__(self, ds, stall_timeout_s: float, node_loss_grace_s: float, poll_s: float = 1.0,
@@ -194,7 +195,7 @@ class StallWatchdog:
         self._nodes = nodes
         self._nodes_at_start = nodes()
         self._last_batch: float | None = None
-        self._startup_timeout_s = stall_timeout_s if startup_timeout_s is None else startup_timeout_s
+        self._startup_timeout_s = startup_timeout_s
         self._started = time.monotonic()
         self._stop = threading.Event()
         self.reason: str | None = None
@@ -216,7 +217,7 @@ class StallWatchdog:
         while not self._stop.wait(self._poll_s):
             if self._last_batch is None:
                 waited = time.monotonic() - self._started
-                if waited > self._startup_timeout_s:
+                if self._startup_timeout_s is not None and waited > self._startup_timeout_s:
                     self._abort(f"no first batch in {waited:.0f} s")
                     return
                 continue
