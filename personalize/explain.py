@@ -254,7 +254,10 @@ def top_reasons(model, taste_: Taste, X, k: int = N_REASONS) -> tuple[np.ndarray
     n = contrib.shape[0]
     if n == 0 or k == 0:
         return np.zeros((n, 0), np.int64), np.zeros((n, 0))
-    top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
+    mag = np.abs(contrib)
+    top = np.argpartition(-mag, k - 1, axis=1)[:, :k] if k < PAM_INPUT_DIM else np.tile(np.arange(k), (n, 1))
+    top.sort(axis=1)  # then a stable sort by |contribution|: ties keep the feature order
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(mag, top, 1), axis=1, kind="stable"), 1)
     return top, np.take_along_axis(contrib, top, 1)
 
 

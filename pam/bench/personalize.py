@@ -272,15 +272,15 @@ def render_explain(e: dict) -> list[str]:
 
 def bench_table4(repeats: int, scale: float) -> dict:
     import numpy as np
-    from threadpoolctl import threadpool_limits
 
     from personalize import protocols as P
+    from personalize.blas import single_blas_thread
     from personalize.simulate import PanelConfig, simulate_panel
 
     config = PanelConfig() if scale == 1.0 else PanelConfig().scaled(scale)
     panel = simulate_panel(config)
     data, fm = panel.dataset(), panel.properties.features()
-    with threadpool_limits(1):
+    with single_blas_thread():
         t = time.perf_counter()
         fpmf = P.fpmf_for(data, fm, max_iter=150)
         t_fpmf = time.perf_counter() - t
@@ -297,13 +297,13 @@ def bench_table4(repeats: int, scale: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from threadpoolctl import threadpool_limits
+    from personalize.blas import single_blas_thread
 
     global _quick
     _quick = bool(getattr(args, "quick", False))
     # one BLAS thread, as in a 1-CPU serving replica: these matrices are too small for threads to
     # pay, and on a shared machine threads only contend
-    with threadpool_limits(1):
+    with single_blas_thread():
         summary = {"fit_predict": bench_fit_predict(), "active_step": bench_active_step(args.album, args.rated),
                    "prior": bench_prior(args.album)}
         summary["explain"] = bench_explain()

@@ -98,8 +98,7 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from threadpoolctl import threadpool_limits
-
+    from personalize.blas import single_blas_thread
     from personalize.data import DataError
 
     out = args.out or Path("runs") / f"eval-{args.protocol}"
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     except DataError as exc:
         raise SystemExit(f"pam eval: {exc}") from None
     out.mkdir(parents=True, exist_ok=True)
-    with threadpool_limits(1):
+    with single_blas_thread():
         runner = globals()[f"_run_{args.protocol}"]
         summary = (runner(args, data, features, out, oracle) if args.protocol == "table4"
                    else runner(args, data, features, out))

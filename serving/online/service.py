@@ -414,9 +414,9 @@ class PersonalizationService:
     def __init__(self, config: ServiceConfig | Mapping):
         self.config = config if isinstance(config, ServiceConfig) else ServiceConfig.from_dict(config)
         if self.config.blas_threads is not None:
-            from threadpoolctl import threadpool_limits
+            from personalize.blas import blas_threads
 
-            self._blas_limit = threadpool_limits(limits=self.config.blas_threads, user_api="blas")
+            self._blas_limit = blas_threads(self.config.blas_threads)
         self.users: UserStore = open_user_store(self.config.user_store)
         self.catalog = Catalog(self.config.feature_root, self.config.model)
         self.photos_root = Path(self.config.photos_root).resolve() if self.config.photos_root else None
