@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 HELP = ("Build the text index of a feature table's photos (file and folder names, ImageNet class names, "
-        "content class names when given) for `pam search`; stored in <features>/_search/<model_version>/")
+        "content class names when given) for `pam search`; stored in <features>/model_version=<v>/_search/")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--content-names", type=Path,
                         help="JSON list naming the content model's classes in order; each photo's most likely "
                         "class name is indexed (the default content model's classes are unnamed k-means clusters)")
-    parser.add_argument("--out", type=Path, help="index folder (default <features>/_search/<model_version>)")
+    parser.add_argument("--out", type=Path, help="index folder (default <features>/model_version=<v>/_search)")
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -6,8 +6,8 @@ file names (`holiday/Beach_Sunset-2.jpg` -> holiday beach sunset 2); an ImageNet
 content model's classes have names, the name of the photo's most likely content class. Words are
 stemmed (English), so "dogs" finds "dog".
 
-Stored beside the feature table: `<root>/_search/<model_version>/` (the feature table's readers
-skip `_` folders), with `ids.json` (row -> image id) and `pam-search.json` (what was indexed).
+Stored with the feature-table version it indexes: `<root>/model_version=<v>/_search/` (engines
+reading the table skip `_` names), with `ids.json` (row -> image id) and `pam-search.json` (what was indexed).
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 def index_dir(feature_root: str | Path, model_version: str) -> Path:
-    root = str(feature_root)
-    if "://" in root and not root.startswith("file://"):
-        raise ValueError(f"the search index is a local folder; {root} is not local: pass --out DIR")
-    return Path(root.removeprefix("file://")) / SEARCH_DIR / model_version
+    """The index of a feature-table version: a side folder of that version (deleted with it)."""
+    from serving.feature_table import FeatureTable
+
+    try:
+        return Path(FeatureTable(str(feature_root)).version(model_version).sidecar_path(SEARCH_DIR))
+    except ValueError:
+        raise ValueError(f"the search index is a local folder; {feature_root} is not local: pass --out DIR") from None
 
 
 def words(text: str) -> list[str]:

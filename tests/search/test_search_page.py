@@ -11,7 +11,6 @@ import requests
 
 from pam.client import Client
 from serving.online.app import LocalRuntime, create_app
-from serving.online.search_api import search_router
 from serving.search.index import build_for_feature_table
 from tests.online.conftest import ThreadedServer
 from tests.search.test_search import _feature_table
@@ -28,8 +27,7 @@ def search_service(tmp_path_factory, shared_photos):
     index = build_for_feature_table(str(tmp / "features"))
     runtime = LocalRuntime({"feature_root": str(tmp / "features"), "user_store": f"sqlite:///{tmp / 'u.db'}",
                             "photos_root": str(shared_photos), "thumbnail_dir": str(tmp / "thumbs")})
-    app = create_app(runtime)
-    app.include_router(search_router(runtime))
+    app = create_app(runtime)  # mounts the search router
     aes = dict(zip(ids, features["aes_score"].tolist(), strict=True))
     with ThreadedServer(app) as server, Client(server.url) as client:
         client.add_album(USER, ids)
@@ -91,8 +89,7 @@ def test_hostile_and_concurrent_queries(search_service):
 def test_no_index_is_a_404_that_says_how_to_build_one(tmp_path):
     _feature_table(tmp_path / "features", [f"p{k}.jpg" for k in range(20)])
     runtime = LocalRuntime({"feature_root": str(tmp_path / "features"), "user_store": f"sqlite:///{tmp_path / 'u.db'}"})
-    app = create_app(runtime)
-    app.include_router(search_router(runtime))
+    app = create_app(runtime)  # mounts the search router
     with ThreadedServer(app) as server:
         response = requests.get(f"{server.url}/v1/search", params={"q": "p1"}, timeout=30)
     runtime.close()
