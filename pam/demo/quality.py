@@ -46,7 +46,8 @@ def measure(panel, features, prior=None, *, w_aes: float | None = None, seed: in
     album = n_min - round(HOLDOUT * n_min)
     budgets = [b for b in BUDGETS if b <= album]
     out = {"users": len(users), "ratings_per_user": [n_min, max(counts, default=0)], "repeats": REPEATS,
-           "trials": TRIALS, "holdout": HOLDOUT, "prior": prior is not None, "models": {}, "strategies": {}}
+           "trials": TRIALS, "holdout": HOLDOUT, "prior": prior is not None, "ks": ks, "budgets": budgets,
+           "models": {}, "strategies": {}}
     if not users:
         return out
     with single_blas_thread():
@@ -60,7 +61,6 @@ def measure(panel, features, prior=None, *, w_aes: float | None = None, seed: in
             strategies = [s for s in STRATEGIES if s != "posterior" or prior is not None]
             ac = P.active_curves(data, features, budgets=budgets, trials=TRIALS, strategies=strategies, seed=seed,
                                  n_jobs=1, w_aes=w_aes, holdout=HOLDOUT, prior=prior)
-            out["budgets"] = budgets
             out["strategies"] = {name: {k: _clean(v) for k, v in curve.items() if k != "strategy"}
                                  for name, curve in ac["curves"].items()}
     return out
