@@ -34,6 +34,7 @@ import numpy as np
 
 from personalize.features import pam_input, visual_vector
 from personalize.pam import PAM
+from personalize.rated import RatedAlbum
 
 N_SEED = 10
 
@@ -52,7 +53,7 @@ def eq5_weights(residuals: np.ndarray) -> np.ndarray:
     return weights
 
 
-class ActivePAM:
+class ActivePAM(RatedAlbum):
     """Algorithm 1 over one album. `V` [N, d] visual vectors, `X` [N, 21] = [x, aes_score].
 
     seed: the random seed set S and its order derive from it (the service derives it from the
@@ -76,13 +77,9 @@ class ActivePAM:
             self.seed_indices = np.asarray(list(seed_indices), dtype=np.int64)
             self._check_indices(self.seed_indices)
         self._sq_norms = np.einsum("ij,ij->i", self.V, self.V)
-        self._scores: dict[int, float] = {}  # album index -> user score, in first-rating order
         self._dist = np.zeros((0, self.n_photos))  # [rated, album] distances, eq. 6
         self._n_cols = 0
-        self._rated_mask = np.zeros(self.n_photos, dtype=bool)
-        self._model: PAM | None = None
-        self._model_version = -1
-        self._version = 0
+        self._init_ratings(self.n_photos)
 
     @classmethod
     def from_features(cls, aes_feat, aes_score, attributes, content, *, w_aes: float | None = None,
@@ -92,39 +89,13 @@ class ActivePAM:
         X = np.hstack([pam_input(attributes, content), np.asarray(aes_score, dtype=np.float64).reshape(-1, 1)])
         return cls(V, X, **kwargs)
 
-    @classmethod
-    def rebuild(cls, V, X, ratings: Iterable[tuple[int, float]], **kwargs) -> ActivePAM:
-        """The state after replaying stored (index, score) pairs in order: one batched distance
-        computation, no intermediate refits."""
-        state = cls(V, X, **kwargs)
-        state.add_ratings(ratings)
-        return state
-
     # --- ratings ----------------------------------------------------------------------------
     def _check_indices(self, idx: np.ndarray) -> None:
         if idx.size and (idx.min() < 0 or idx.max() >= self.n_photos):
             raise IndexError(f"album index out of range [0, {self.n_photos}): {idx.tolist()}")
 
-    def add_rating(self, index: int, score: float) -> None:
-        self.add_ratings([(index, score)])
-
-    def add_ratings(self, ratings: Iterable[tuple[int, float]]) -> None:
-        new: list[int] = []
-        seen_new: set[int] = set()
-        for index, score in ratings:
-            index = int(index)
-            score = float(score)
-            if not 0 <= index < self.n_photos:
-                raise IndexError(f"album index {index} out of range [0, {self.n_photos})")
-            if not np.isfinite(score):
-                raise ValueError(f"score for album index {index} is not finite: {score}")
-            if index not in self._scores and index not in seen_new:
-                new.append(index)
-                seen_new.add(index)
-            self._scores[index] = score
-        if new:
-            self._append_distance_columns(np.asarray(new, dtype=np.int64))
-        self._version += 1
+    def _on_new_rated(self, new: np.ndarray) -> None:
+        self._append_distance_columns(new)
 
     def _append_distance_columns(self, new: np.ndarray) -> None:
         # stored as rows (one per rated photo) so appending writes, and eq. 6 reads, contiguous memory
@@ -138,33 +109,13 @@ class ActivePAM:
         sq[np.arange(new.size), new] = 0.0  # exact zero to itself despite rounding
         np.sqrt(sq, out=self._dist[self._n_cols:need])
         self._n_cols = need
-        self._rated_mask[new] = True
-
-    @property
-    def rated_indices(self) -> np.ndarray:
-        return np.fromiter(self._scores.keys(), dtype=np.int64, count=len(self._scores))
-
-    @property
-    def rated_scores(self) -> np.ndarray:
-        return np.fromiter(self._scores.values(), dtype=np.float64, count=len(self._scores))
-
-    @property
-    def n_rated(self) -> int:
-        return len(self._scores)
-
-    def ratings(self) -> list[tuple[int, float]]:
-        return list(self._scores.items())
 
     # --- model -------------------------------------------------------------------------------
-    @property
-    def model(self) -> PAM | None:
-        """PAM fit on every rating so far (refit lazily after a change); None before any rating."""
+    def _fit_model(self) -> PAM | None:
+        """PAM fit on every rating so far; None before any rating."""
         if not self._scores:
             return None
-        if self._model_version != self._version:
-            self._model = PAM(**self.pam_params).fit(self.X[self.rated_indices], self.rated_scores)
-            self._model_version = self._version
-        return self._model
+        return PAM(**self.pam_params).fit(self.X[self.rated_indices], self.rated_scores)
 
     def predict(self) -> np.ndarray:
         """The user's predicted score for every album photo (the generic score before any rating)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 def _load_numeric_libraries() -> None:
     import numpy  # noqa: F401
-    import scipy.linalg  # noqa: F401
+    import scipy.linalg
     import scipy.optimize  # noqa: F401
     import sklearn.svm  # noqa: F401  (brings libgomp)
 

@@ -8,22 +8,30 @@ Taste (`taste`): for each feature j, the average partial effect of the offset ov
 album, times the feature's standard deviation over the album: the change in the user's score per
 standard deviation of the feature. Content is a softmax, so its partial effects are taken along
 the simplex (d offset / d c_k minus the row's content-weighted mean of the content gradients:
-relative to the user's average content effect). For PAM the gradients are the RBF expansion's
-own (exact); any other model is differentiated numerically (central differences of +-half a
-standard deviation), so the summary is always of the model itself, never of a surrogate.
+relative to the user's average content effect). Gradients are exact for PAM (its RBF expansion)
+and for PriorPAM (its posterior-mean linear model in the scaled features phi(x), plus the residual
+nu-SVR's RBF expansion in those features when it has one, chain rule through the scaling); any
+other model is differentiated numerically (central differences of +-half a standard deviation),
+so the summary is always of the model itself, never of a surrogate.
 
-Uncertainty (`std`): the posterior s.d. of the same average partial effect under a Gaussian
-process with the model's RBF kernel (its gamma; PAM's default for other models), prior variance
-the variance of the user's offsets and noise variance 1/C of it, given the rated photos: large
-with few ratings or where the ratings do not reach, shrinking as they accumulate (the double
-sum over the album runs over STD_ROWS evenly spaced album rows). `supported` is False when the
-ratings cannot carry the effect: fewer than MIN_RATINGS ratings, rated photos that barely vary in
-the feature (s.d. under MIN_COVERAGE of the album's), or |effect| <= 2 std.
+Uncertainty (`std`): for PriorPAM, the linear part's average partial effect is a linear function
+A theta of the user's taste vector, so its posterior s.d. is exact: sqrt(diag(A Cov A')) with Cov
+the posterior covariance of theta (`theta_cov_`), the same Gaussian that gives the model's
+predictive s.d. When the residual nu-SVR is on, the s.d. of its effect (the Gaussian-process
+smoother below, on the offsets the linear part leaves, its noise 1/C of theirs, and an isotropic
+width in x with the residual kernel's mean squared scale, gamma_z * mean(1/x_scale^2)) is added in
+quadrature. For every other model: the posterior s.d. of the same average partial effect under
+a Gaussian process with the model's RBF kernel (its gamma; PAM's default for models without one),
+prior variance the variance of the user's offsets and noise variance 1/C of it, given the rated
+photos: large with few ratings or where the ratings do not reach, shrinking as they accumulate
+(the double sum over the album runs over STD_ROWS evenly spaced album rows). `supported` is False
+when the ratings cannot carry the effect: fewer than MIN_RATINGS ratings, rated photos that barely
+vary in the feature (s.d. under MIN_COVERAGE of the album's), or |effect| <= 2 std.
 
 Reasons (`reasons`): for each photo, gradient x (x - album mean) per feature, the first-order
 share of each feature in the photo's offset relative to the album's average photo; the top few
-by magnitude. For PAM the gradient is the photo's own; for other models the album's average
-partial effect.
+by magnitude. For PAM and PriorPAM the gradient is the photo's own; for other models the album's
+average partial effect.
 
 numpy and scipy.linalg only, no fitting: the taste of a user with 100 ratings over a 1,000-photo
 album is a few kernel matrices and one 100x100 Cholesky factorisation; the reasons of 1,000
@@ -37,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from personalize.features import ATTRIBUTE_NAMES, N_ATTRIBUTES, N_CONTENT, PAM_INPUT_DIM
+from personalize.prior import PriorPAM
 
 # The paper's AADB attributes (section 4.1), in words a user reads.
 ATTRIBUTE_WORDS: dict[str, str] = {
@@ -112,6 +121,40 @@ def _rbf_parts(model):
     return np.asarray(sv, dtype=np.float64), np.asarray(coef, dtype=np.float64).ravel(), float(gamma)
 
 
+@dataclass(frozen=True)
+class _Expansion:
+    """A model's offset in closed form: w . x + sum_s coef_s exp(-gamma |z - sv_s|^2) + const,
+    z = (x - shift) / scale (z = x when scale is None)."""
+
+    w: np.ndarray | None  # [20] linear gradient, or None
+    sv: np.ndarray  # [s, 20]
+    coef: np.ndarray  # [s]
+    gamma: float
+    shift: np.ndarray | None = None
+    scale: np.ndarray | None = None
+
+    def z(self, x: np.ndarray) -> np.ndarray:
+        return x if self.scale is None else (x - self.shift) / self.scale
+
+
+_NO_RBF = (np.zeros((0, PAM_INPUT_DIM)), np.zeros(0), FALLBACK_GAMMA)
+
+
+def _expansion(model) -> _Expansion | None:
+    """The closed form of PAM and PriorPAM (None for any other model: differentiated numerically)."""
+    if isinstance(model, PriorPAM) and hasattr(model, "n_features_in_"):
+        prior = model.prior
+        if prior is None:  # exactly PAM (or the generic score before any rating)
+            pam = getattr(model, "pam_", None)
+            return _Expansion(None, *(_rbf_parts(pam) if pam is not None else _NO_RBF))
+        residual = getattr(model, "residual_", None)
+        sv, coef, gamma = _rbf_parts(residual) if residual is not None else _NO_RBF
+        return _Expansion(np.asarray(model.theta_[1:], dtype=np.float64) / prior.x_scale, sv, coef, gamma,
+                          prior.x_mean, prior.x_scale)
+    parts = _rbf_parts(model)
+    return None if parts is None else _Expansion(None, *parts)
+
+
 def _kernel(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
     sq = (np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (a @ b.T))
     np.maximum(sq, 0.0, out=sq)
@@ -126,20 +169,25 @@ def _centre_content(grad: np.ndarray, x: np.ndarray) -> np.ndarray:
     return grad
 
 
+def _expansion_gradients(e: _Expansion, x: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
+    grad = np.zeros_like(x) if e.w is None else np.repeat(e.w[None], x.shape[0], axis=0)
+    if e.sv.shape[0]:
+        z = e.z(x)
+        k = _kernel(z, e.sv, e.gamma) if kernel is None else kernel
+        g = -2.0 * e.gamma * ((k @ e.coef)[:, None] * z - k @ (e.coef[:, None] * e.sv))
+        grad += g if e.scale is None else g / e.scale
+    return _centre_content(grad, x)
+
+
 def row_gradients(model, X, sd: np.ndarray | None = None, kernel: np.ndarray | None = None) -> np.ndarray:
-    """d offset / d x per row of X [n, 21] -> [n, 20], content centred. PAM-like RBF models
+    """d offset / d x per row of X [n, 21] -> [n, 20], content centred. PAM and PriorPAM
     analytically; others by central differences of +-sd/2 (sd: the album's s.d. per feature).
-    `kernel`: the RBF kernel of X's rows against the support vectors, when the caller has it."""
+    `kernel`: PAM's RBF kernel of X's rows against its support vectors, when the caller has it."""
     X = _x(X)
     x = X[:, :-1]
-    parts = _rbf_parts(model)
-    if parts is not None:
-        sv, coef, gamma = parts
-        if sv.shape[0] == 0:
-            return np.zeros_like(x)
-        k = _kernel(x, sv, gamma) if kernel is None else kernel
-        grad = -2.0 * gamma * ((k @ coef)[:, None] * x - k @ (coef[:, None] * sv))
-        return _centre_content(grad, x)
+    e = _expansion(model)
+    if e is not None:
+        return _expansion_gradients(e, x, kernel if e.scale is None else None)
     if sd is None:
         sd = x.std(0)
     h = np.where(sd > 0, sd / 2, 1e-3)
@@ -151,6 +199,16 @@ def row_gradients(model, X, sd: np.ndarray | None = None, kernel: np.ndarray | N
     pred = np.asarray(model.predict(stacked.reshape(2 * d * n, -1)), dtype=np.float64).reshape(2 * d, n)
     grad = ((pred[0::2] - pred[1::2]) / (2 * h[:, None])).T
     return _centre_content(grad, x)
+
+
+def _linear_effect_std(model: PriorPAM, content_mean: np.ndarray) -> np.ndarray:
+    """Posterior s.d. (per unit of each feature) of the linear part's average partial effect:
+    slope = A theta, content rows along the simplex (e_k - the album's mean content)."""
+    scale = model.prior.x_scale
+    A = np.zeros((PAM_INPUT_DIM, PAM_INPUT_DIM + 1))
+    A[np.arange(N_ATTRIBUTES), 1 + np.arange(N_ATTRIBUTES)] = 1.0 / scale[:N_ATTRIBUTES]
+    A[CONTENT, 1 + N_ATTRIBUTES:] = (np.eye(N_CONTENT) - content_mean[None, :]) / scale[None, CONTENT]
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", A, model.theta_cov_, A), 0.0))
 
 
 def _posterior_std(x_sub: np.ndarray, kar_sub: np.ndarray, krr: np.ndarray, lam: float, gamma: float,
@@ -191,6 +249,16 @@ def _posterior_std(x_sub: np.ndarray, kar_sub: np.ndarray, krr: np.ndarray, lam:
     return np.sqrt(prior_var * np.maximum(prior - explained, 0.0))
 
 
+def _smoother_std(x_album: np.ndarray, x_rated: np.ndarray, offsets: np.ndarray, gamma: float, lam: float,
+                  kar: np.ndarray | None = None) -> np.ndarray:
+    """The Gaussian-process smoother's posterior s.d. per unit of each feature (module docstring)."""
+    if kar is None:
+        kar = _kernel(x_album, x_rated, gamma)
+    sub = np.unique(np.linspace(0, x_album.shape[0] - 1, min(x_album.shape[0], STD_ROWS)).astype(np.int64))
+    return _posterior_std(x_album[sub], kar[sub], _kernel(x_rated, x_rated, gamma), lam, gamma, x_rated,
+                          float(offsets.var(ddof=1)))
+
+
 def taste(model, X_album, X_rated, y_rated) -> Taste:
     """The user's taste from a fitted personal model (see the module docstring).
 
@@ -212,24 +280,33 @@ def taste(model, X_album, X_rated, y_rated) -> Taste:
         zeros = np.zeros(PAM_INPUT_DIM)
         return Taste(zeros, np.full(PAM_INPUT_DIM, np.inf), np.zeros(PAM_INPUT_DIM, bool), n, mean, sd, zeros)
     x_rated = X_rated[:, :-1]
-    parts = _rbf_parts(model)
-    gamma = parts[2] if parts is not None else FALLBACK_GAMMA
-    kar = _kernel(x_album, x_rated, gamma)
-    kernel = None
-    support = getattr(model, "support_", None)
-    if (parts is not None and support is not None and len(support) == parts[0].shape[0]
-            and (len(support) == 0 or support.max() < n) and np.array_equal(x_rated[support], parts[0])):
-        kernel = kar[:, support]  # PAM fit on these rows: its support vectors are rated photos
-    slope = row_gradients(model, X_album, sd, kernel).mean(0)
-    effect = np.where(has_spread, slope * sd, 0.0)
-    if n >= 2:
-        offsets = y_rated - X_rated[:, -1]
-        lam = 1.0 / float(getattr(model, "C", FALLBACK_C) or FALLBACK_C)
-        sub = np.unique(np.linspace(0, x_album.shape[0] - 1, min(x_album.shape[0], STD_ROWS)).astype(np.int64))
-        std = _posterior_std(x_album[sub], kar[sub], _kernel(x_rated, x_rated, gamma), lam, gamma, x_rated,
-                             float(offsets.var(ddof=1))) * sd
+    if isinstance(model, PriorPAM) and model.prior is None and getattr(model, "pam_", None) is not None:
+        model = model.pam_  # no prior: exactly PAM
+    if isinstance(model, PriorPAM) and model.prior is not None and hasattr(model, "theta_"):
+        slope = row_gradients(model, X_album, sd).mean(0)
+        std = _linear_effect_std(model, mean[CONTENT]) * sd
+        residual = getattr(model, "residual_", None)
+        if residual is not None and n >= 2:
+            prior = model.prior
+            left = y_rated - (X_rated[:, -1] + prior.phi(x_rated) @ model.theta_)
+            gamma = float(residual.gamma_) * float(np.mean(1.0 / prior.x_scale**2))
+            std = np.hypot(std, _smoother_std(x_album, x_rated, left, gamma, 1.0 / float(residual.C)) * sd)
     else:
-        std = np.full(PAM_INPUT_DIM, np.inf)
+        parts = _rbf_parts(model)
+        gamma = parts[2] if parts is not None else FALLBACK_GAMMA
+        kar = _kernel(x_album, x_rated, gamma)
+        kernel = None
+        support = getattr(model, "support_", None)
+        if (parts is not None and support is not None and len(support) == parts[0].shape[0]
+                and (len(support) == 0 or support.max() < n) and np.array_equal(x_rated[support], parts[0])):
+            kernel = kar[:, support]  # PAM fit on these rows: its support vectors are rated photos
+        slope = row_gradients(model, X_album, sd, kernel).mean(0)
+        if n >= 2:
+            lam = 1.0 / float(getattr(model, "C", FALLBACK_C) or FALLBACK_C)
+            std = _smoother_std(x_album, x_rated, y_rated - X_rated[:, -1], gamma, lam, kar) * sd
+        else:
+            std = np.full(PAM_INPUT_DIM, np.inf)
+    effect = np.where(has_spread, slope * sd, 0.0)
     coverage = x_rated.std(0) >= MIN_COVERAGE * sd
     supported = (n >= MIN_RATINGS) & has_spread & coverage & (np.abs(effect) > 2 * std)
     return Taste(effect, std, supported, n, mean, sd, slope)
@@ -240,8 +317,9 @@ def contributions(model, taste_: Taste, X) -> np.ndarray:
     average photo (gradient x (x - album mean)); content gradients centred."""
     X = _x(X)
     dx = X[:, :-1] - taste_.album_mean
-    if _rbf_parts(model) is not None:
-        return row_gradients(model, X) * dx
+    e = _expansion(model)
+    if e is not None:
+        return _expansion_gradients(e, X[:, :-1]) * dx
     return taste_.slope * dx
 
 

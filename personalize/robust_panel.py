@@ -177,20 +177,9 @@ def measured_attribute_rho(config: PanelConfig = PANEL) -> dict[str, float]:
 def calibrate_robust(config: PanelConfig = PANEL, iterations: int = 12) -> tuple[float, float]:
     """Solve (DEVIATION_R, SIGMA_E_R) for the default panel's targets by bisection; run once,
     results frozen above."""
-    from personalize.simulate import CALIBRATION, panel_statistics
+    from personalize.simulate import bisect_calibration
 
-    lo, hi = 0.3, 2.0
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        stats = panel_statistics(simulate_robust_panel(config, deviation=mid))
-        lo, hi = (mid, hi) if stats["weighted_std_mean"] < CALIBRATION["weighted_std_mean"] else (lo, mid)
-    deviation = (lo + hi) / 2
-    lo, hi = 0.0, 2.0
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        stats = panel_statistics(simulate_robust_panel(config, deviation=deviation, sigma_e=mid))
-        lo, hi = (mid, hi) if stats["generic_rho_vs_im"] > CALIBRATION["generic_rho_vs_im"] else (lo, mid)
-    return deviation, (lo + hi) / 2
+    return bisect_calibration(lambda **kw: simulate_robust_panel(config, **kw), iterations=iterations)
 
 
 assert N_ATTRIBUTES + N_CONTENT == 20 and len(TRAIN_CLUSTERS) == len(TEST_CLUSTERS) == N_CLUSTERS

@@ -21,46 +21,30 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from personalize.pam import PAM
+from personalize.rated import RatedAlbum
 
 
-class _Selector:
+class _Selector(RatedAlbum):
     name = "base"
 
     def __init__(self, V, X, *, seed: int = 0, seed_indices: Iterable[int] | None = None, n_seed: int = 10,
                  pam_params: dict | None = None):
         self.X = np.asarray(X, dtype=np.float64)
         self.V = np.asarray(V, dtype=np.float64)
-        self.n_photos = self.X.shape[0]
+        self._init_ratings(self.X.shape[0])
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(self.n_photos)
         self.seed_indices = (self.order[:n_seed] if seed_indices is None
                              else np.asarray(list(seed_indices), dtype=np.int64))
         self.pam_params = dict(pam_params or {})
-        self._scores: dict[int, float] = {}
-        self._model = None
 
-    def add_rating(self, index: int, score: float) -> None:
-        self._scores[int(index)] = float(score)
-        self._model = None
-
-    @property
-    def rated_indices(self) -> np.ndarray:
-        return np.fromiter(self._scores, dtype=np.int64, count=len(self._scores))
-
-    @property
-    def rated_scores(self) -> np.ndarray:
-        return np.fromiter(self._scores.values(), dtype=np.float64, count=len(self._scores))
-
-    @property
-    def model(self) -> PAM | None:
-        if self._model is None and self._scores:
-            self._model = PAM(**self.pam_params).fit(self.X[self.rated_indices], self.rated_scores)
-        return self._model
+    def _fit_model(self) -> PAM | None:
+        if not self._scores:
+            return None
+        return PAM(**self.pam_params).fit(self.X[self.rated_indices], self.rated_scores)
 
     def _unrated(self) -> np.ndarray:
-        mask = np.ones(self.n_photos, dtype=bool)
-        mask[self.rated_indices] = False
-        return np.flatnonzero(mask)
+        return np.flatnonzero(~self._rated_mask)
 
     def suggest(self, n: int = 1) -> list[int]:
         seeds = [int(i) for i in self.seed_indices if int(i) not in self._scores][:n]

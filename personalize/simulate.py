@@ -373,17 +373,24 @@ def panel_statistics(panel: Panel) -> dict:
     }
 
 
-def calibrate(config: PanelConfig, targets: dict = CALIBRATION, iterations: int = 12) -> tuple[float, float]:
-    """Solve (deviation, sigma_e) for the targets by bisection; run once, results frozen above."""
+def bisect_calibration(simulate, targets: dict = CALIBRATION, iterations: int = 12) -> tuple[float, float]:
+    """(deviation, sigma_e) for the targets by bisection: deviation first (the WP-weighted per-image
+    s.d.), then sigma_e at that deviation (the generic score's rho vs IM_j). simulate(deviation=,
+    sigma_e=) -> Panel builds the panel being calibrated (sigma_e omitted: its own default)."""
     lo, hi = 0.3, 2.0
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        stats = panel_statistics(simulate_panel(config, deviation=mid))
+        stats = panel_statistics(simulate(deviation=mid))
         lo, hi = (mid, hi) if stats["weighted_std_mean"] < targets["weighted_std_mean"] else (lo, mid)
     deviation = (lo + hi) / 2
     lo, hi = 0.0, 2.0
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        stats = panel_statistics(simulate_panel(config, deviation=deviation, sigma_e=mid))
+        stats = panel_statistics(simulate(deviation=deviation, sigma_e=mid))
         lo, hi = (mid, hi) if stats["generic_rho_vs_im"] > targets["generic_rho_vs_im"] else (lo, mid)
     return deviation, (lo + hi) / 2
+
+
+def calibrate(config: PanelConfig, targets: dict = CALIBRATION, iterations: int = 12) -> tuple[float, float]:
+    """Solve (deviation, sigma_e) for the targets by bisection; run once, results frozen above."""
+    return bisect_calibration(lambda **kw: simulate_panel(config, **kw), targets, iterations)

@@ -18,7 +18,8 @@ photo were rated (the update does not depend on the score), so a page of suggest
 the directions of taste still unknown. A step costs two [N, d] x [d, d] products (d = 21).
 
 `PosteriorStrategy` has ActivePAM's interface (add_rating, add_ratings, suggest, model, predict,
-rated_indices, rated_scores, ratings, rebuild), so the service and the protocols use either.
+rated_indices, rated_scores, ratings, rebuild: the rating bookkeeping is personalize.rated's,
+shared by both), so the service and the protocols use either.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ import numpy as np
 from scipy.special import ndtr
 
 from personalize.prior import PriorPAM, TastePrior
+from personalize.rated import RatedAlbum
 
 LOW, HIGH = 1.5, 4.5  # latent scores outside round to the scale's ends
 
 
-class PosteriorStrategy:
+class PosteriorStrategy(RatedAlbum):
     """The posterior rating strategy over one album. X [N, d + 1] = [x, aes_score]; `prior` a
     TastePrior; `V` is accepted (and ignored) for ActivePAM's signature. seed_indices: photos to
     suggest first (the protocols share a random start between strategies); none by default."""
@@ -46,7 +48,7 @@ class PosteriorStrategy:
         if self.X.ndim != 2 or self.X.shape[1] - 1 != prior.n_features:
             raise ValueError(f"X must be [N, {prior.n_features + 1}], got {self.X.shape}")
         self.prior = prior
-        self.n_photos = self.X.shape[0]
+        self._init_ratings(self.X.shape[0])
         self.seed = seed
         self.seed_indices = np.asarray([] if seed_indices is None else list(seed_indices), dtype=np.int64)
         if self.seed_indices.size and (self.seed_indices.min() < 0 or self.seed_indices.max() >= self.n_photos):
@@ -54,60 +56,14 @@ class PosteriorStrategy:
         self.phi = prior.phi(self.X[:, :-1])
         centred = self.phi - self.phi.mean(0)
         self.G = centred.T @ centred
-        self._scores: dict[int, float] = {}
-        self._rated_mask = np.zeros(self.n_photos, dtype=bool)
-        self._model: PriorPAM | None = None
-        self._model_version = -1
-        self._version = 0
-
-    @classmethod
-    def rebuild(cls, V, X, ratings: Iterable[tuple[int, float]], **kwargs) -> PosteriorStrategy:
-        state = cls(V, X, **kwargs)
-        state.add_ratings(ratings)
-        return state
-
-    # --- ratings -----------------------------------------------------------------------------------
-    def add_rating(self, index: int, score: float) -> None:
-        self.add_ratings([(index, score)])
-
-    def add_ratings(self, ratings: Iterable[tuple[int, float]]) -> None:
-        for index, score in ratings:
-            index, score = int(index), float(score)
-            if not 0 <= index < self.n_photos:
-                raise IndexError(f"album index {index} out of range [0, {self.n_photos})")
-            if not np.isfinite(score):
-                raise ValueError(f"score for album index {index} is not finite: {score}")
-            self._scores[index] = score
-            self._rated_mask[index] = True
-        self._version += 1
-
-    @property
-    def rated_indices(self) -> np.ndarray:
-        return np.fromiter(self._scores.keys(), dtype=np.int64, count=len(self._scores))
-
-    @property
-    def rated_scores(self) -> np.ndarray:
-        return np.fromiter(self._scores.values(), dtype=np.float64, count=len(self._scores))
-
-    @property
-    def n_rated(self) -> int:
-        return len(self._scores)
-
-    def ratings(self) -> list[tuple[int, float]]:
-        return list(self._scores.items())
 
     # --- model ---------------------------------------------------------------------------------------
-    @property
-    def model(self) -> PriorPAM:
-        """The personal model on every rating so far (the prior's zero-rating model before any)."""
-        if self._model_version != self._version:
-            model = PriorPAM(self.prior)
-            if self._scores:
-                model.fit(self.X[self.rated_indices], self.rated_scores)
-            else:
-                model.fit_empty(self.prior.n_features)
-            self._model, self._model_version = model, self._version
-        return self._model
+    def _fit_model(self) -> PriorPAM:
+        """PriorPAM on every rating so far (the prior's zero-rating model before any)."""
+        model = PriorPAM(self.prior)
+        if self._scores:
+            return model.fit(self.X[self.rated_indices], self.rated_scores)
+        return model.fit_empty(self.prior.n_features)
 
     def predict(self, return_std: bool = False):
         return self.model.predict(self.X, return_std=return_std)

@@ -14,8 +14,9 @@ Each figure is measured beside the straightforward version in the same run:
   posterior s.d. (one einsum) vs the plain diagonal of the [1000, 1000] predictive covariance;
   one posterior-strategy step (rate, refit, choose) on a 10,000-photo album vs conditioning on
   each candidate explicitly (timed on 200 candidates, scaled to the album).
-- a user's taste (100 ratings, 1,000-photo album): PAM's analytic gradients vs the same model
-  differentiated numerically through predict(); reasons of 1,000 candidates vs the re-rank's predict.
+- a user's taste (100 ratings, 1,000-photo album), for PAM and for Prior-PAM (with and without its
+  residual nu-SVR): the analytic gradients vs the same model differentiated numerically through
+  predict(); reasons of 1,000 candidates vs the re-rank's predict.
 Targets on this machine: fit <= 2 ms, predict <= 1 ms, step <= 5 ms, Table 4 within minutes;
 with the prior: fit <= 2 ms, re-rank with uncertainty <= 2 ms, strategy step <= 5 ms; taste <= 5 ms,
 reasons <= 1 ms.
@@ -231,43 +232,63 @@ def bench_prior(album: int) -> dict:
                                  "speedup_vs_explicit": t_explicit / t_step, "target_ms": 5.0}}
 
 
-def bench_explain() -> dict:
-    """Taste of a user with 100 ratings over a 1,000-photo album, and the reasons of a 1,000-candidate
-    re-rank, beside the plain versions: the same taste from the model seen only through predict()
-    (central differences), and the re-rank's own prediction (what reasons add to)."""
-    import numpy as np
-
+def _bench_taste(model, album, rated, y_rated, candidates) -> dict:
     from personalize import explain
-    from personalize.pam import PAM
-
-    rng = np.random.default_rng(2)
-    album, y_album = _user(rng, 1000)
-    rated = rng.choice(1000, 100, replace=False)
-    model = PAM().fit(album[rated], y_album[rated])
-    candidates, _ = _user(rng, 1000)
 
     class Opaque:  # the same model through predict() only: the numerical path
         def predict(self, X):
             return model.predict(X)
 
-    taste = explain.taste(model, album, album[rated], y_album[rated])
-    t_taste = _time(lambda: explain.taste(model, album, album[rated], y_album[rated]), 50)
-    t_numeric = _time(lambda: explain.taste(Opaque(), album, album[rated], y_album[rated]), 5)
+    taste = explain.taste(model, album, album[rated], y_rated)
+    t_taste = _time(lambda: explain.taste(model, album, album[rated], y_rated), 50)
+    t_numeric = _time(lambda: explain.taste(Opaque(), album, album[rated], y_rated), 5)
     t_reasons = _time(lambda: explain.top_reasons(model, taste, candidates), 100)
     t_predict = _time(lambda: model.predict(candidates), 100)
     return {"taste_100_ratings_1000_album_ms": {"analytic": t_taste * 1e3, "numerical": t_numeric * 1e3,
                                                 "speedup": t_numeric / t_taste, "target_ms": 5.0},
             "reasons_1000_candidates_ms": {"reasons": t_reasons * 1e3, "rerank_predict": t_predict * 1e3,
-                                           "ratio_to_predict": t_reasons / t_predict, "target_ms": 1.0},
-            "support_vectors": int(model.support_vectors_.shape[0])}
+                                           "ratio_to_predict": t_reasons / t_predict, "target_ms": 1.0}}
+
+
+def bench_explain() -> dict:
+    """Taste of a user with 100 ratings over a 1,000-photo album, and the reasons of a 1,000-candidate
+    re-rank, beside the plain versions: the same taste from the model seen only through predict()
+    (central differences), and the re-rank's own prediction (what reasons add to). For PAM, and
+    for Prior-PAM with its residual nu-SVR on (the costlier variant) and without it."""
+    import numpy as np
+
+    from personalize.pam import PAM
+    from personalize.prior import PriorPAM
+
+    rng = np.random.default_rng(2)
+    album, y_album = _user(rng, 1000)
+    rated = rng.choice(1000, 100, replace=False)
+    candidates, _ = _user(rng, 1000)
+    model = PAM().fit(album[rated], y_album[rated])
+    out = _bench_taste(model, album, rated, y_album[rated], candidates)
+    out["support_vectors"] = int(model.support_vectors_.shape[0])
+    prior = _bench_prior(np.random.default_rng(3))
+    with_residual = PriorPAM(prior).fit(album[rated], y_album[rated])
+    out["prior_pam"] = _bench_taste(with_residual, album, rated, y_album[rated], candidates)
+    out["prior_pam"]["residual_support_vectors"] = int(with_residual.residual_.support_vectors_.shape[0])
+    prior.residual_C = None
+    out["prior_pam_linear"] = _bench_taste(PriorPAM(prior).fit(album[rated], y_album[rated]), album, rated,
+                                           y_album[rated], candidates)
+    return out
 
 
 def render_explain(e: dict) -> list[str]:
-    t, r = e["taste_100_ratings_1000_album_ms"], e["reasons_1000_candidates_ms"]
-    return [f"| taste, 100 ratings over 1,000 photos | {t['analytic']:.2f} ms | numerical (predict only) "
-            f"{t['numerical']:.1f} ms | {t['speedup']:.0f}x faster | <= 5 ms |",
-            f"| reasons, 1,000 candidates | +{r['reasons']:.3f} ms | the re-rank's predict {r['rerank_predict']:.3f} ms "
-            f"| x{r['ratio_to_predict']:.2f} of predict | <= 1 ms |"]
+    lines = []
+    for key, label in (("", "PAM"), ("prior_pam", "Prior-PAM + residual SVR"), ("prior_pam_linear", "Prior-PAM linear")):
+        part = e[key] if key else e
+        if not part:
+            continue
+        t, r = part["taste_100_ratings_1000_album_ms"], part["reasons_1000_candidates_ms"]
+        lines += [f"| {label} taste, 100 ratings over 1,000 photos | {t['analytic']:.2f} ms | numerical (predict "
+                  f"only) {t['numerical']:.1f} ms | {t['speedup']:.0f}x faster | <= 5 ms |",
+                  f"| {label} reasons, 1,000 candidates | +{r['reasons']:.3f} ms | the re-rank's predict "
+                  f"{r['rerank_predict']:.3f} ms | x{r['ratio_to_predict']:.2f} of predict | <= 1 ms |"]
+    return lines
 
 
 def bench_table4(repeats: int, scale: float) -> dict:

@@ -13,7 +13,8 @@ Stages (each prints progress on stderr; a failure names its stage and what to do
                panel's training raters
  8 serve       `pam serve`: Ray Serve on a local Ray, on 127.0.0.1
  9 sessions    the simulated users rate photos over HTTP (Active-PAM vs random), re-ranking after each
-10 report      report.html + PNG plots in --out
+10 report      report.html + PNG plots in --out, with PAM, Prior-PAM and FPMF, and Active-PAM, the
+               posterior strategy and random, measured in process on the panel's users (pam/demo/quality.py)
 Stages 4-8 run the `pam` subcommands as child processes, exactly as a user would type them (the
 report lists the commands): torch's memory is gone before Ray starts, each Ray is started and
 stopped by the command that needs it, and the service is reached over HTTP like any client.
@@ -360,11 +361,29 @@ class DemoRun:
                                      "all_users_mean_user_score": {
                                          key: float(np.mean([f["mean_user_score"][key] for _, f in tops.values()]))
                                          for key in ("generic", "personalized")}}
+            self.state["quality"] = self._quality()
             self.state["finished"] = time.strftime("%Y-%m-%d %H:%M")
             self.state["stages"] = self.stages.as_list()
             self.state["total_seconds"] = round(time.time() - self.started, 1)
             self.state["files"] = write_report(self.state, self.out, self.album_.root)
         self.state["total_seconds"] = round(time.time() - self.started, 1)
+
+    def _quality(self) -> dict:
+        """PAM, Prior-PAM and FPMF; Active-PAM, the posterior strategy and random, measured in
+        process on the panel's users with the served features and the stored prior (pam/demo/quality.py)."""
+        from pam.commands.simulate import read_feature_matrix
+        from pam.demo import quality
+        from personalize.prior import load_prior
+
+        started = time.perf_counter()
+        features, _ = read_feature_matrix(self.features_root, self.state["features"]["model_version"])
+        prior_path = (self.state.get("prior") or {}).get("path")
+        prior = load_prior(prior_path) if prior_path else None
+        w_aes = (self.state.get("w_aes") or {}).get("used")
+        result = quality.measure(self.panel_.panel, features, prior, seed=self.args.seed,
+                                 w_aes=w_aes if isinstance(w_aes, float) else None)
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        return result
 
 
 def _fresh_run_dir(run: Path, keep: str) -> None:
@@ -443,6 +462,13 @@ def render(summary: dict) -> str:
     if personal:
         finals = ", ".join(f"{k} {v:+.3f}" for k, v in personal["final"].items())
         lines.append(f"correlation improvement after {personal['budget']} ratings (SIMULATED users, mean): {finals}")
+    quality = summary.get("quality") or {}
+    for k, rows in (quality.get("models") or {}).items():
+        diffs = ", ".join(f"{m} {r['diff_vs_PAM']:+.3f} ± {r['se_vs_PAM']:.3f}" for m, r in rows.items()
+                          if m in ("Prior-PAM", "FPMF") and r.get("diff_vs_PAM") is not None
+                          and r.get("se_vs_PAM") is not None)
+        if diffs:
+            lines.append(f"at {k} ratings, paired difference to PAM (SIMULATED users, in process): {diffs}")
     if summary.get("files"):
         lines.append(f"report: {summary['files']['report']}")
     if summary.get("curation_page") and "failed" not in summary:

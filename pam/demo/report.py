@@ -216,6 +216,10 @@ def render_html(summary: dict, images: dict[str, str]) -> str:
         f"<img src='{images['curves']}' alt='correlation improvement against ratings'>",
         _table([f"strategy: mean improvement after {personal['budget']} ratings", "rho gain"], final_rows),
     ]
+    if summary.get("quality"):
+        from pam.demo.quality import html_section as quality_section
+
+        parts += quality_section(summary["quality"])
     if "figure3" in images:
         fig3 = summary["figure3"]
         everyone = fig3.get("all_users_mean_user_score")

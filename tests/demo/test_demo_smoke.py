@@ -53,9 +53,13 @@ def test_pam_demo_runs_the_whole_pipeline(tmp_path):
     assert [c.split()[1] for c in summary["commands"]] == ["train", "export", "features", "index", "fit-prior",
                                                            "serve"]
     assert summary["search_index"]["documents"] == 40  # the text index beside the feature table
+    quality = summary["quality"]  # models and strategies measured in the report stage
+    assert quality["users"] == 2 and quality["prior"] and set(quality["models"]["10"]) >= {"PAM", "Prior-PAM", "FPMF"}
+    assert quality["budgets"] == [10] and "posterior / Prior-PAM" in quality["strategies"]
 
     page = Path(summary["files"]["report"]).read_text()
     assert "SIMULATED" in page and "CC BY 2.0" in page and "crops" in page
+    assert "Personal models and rating strategies, measured" in page
     for key in ("timings", "curves", "figure3"):
         with Image.open(summary["files"][key]) as im:
             assert im.format == "PNG"

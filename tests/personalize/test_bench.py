@@ -15,3 +15,7 @@ def test_bench_runs_small_and_reports_ratios():
     assert "| PAM fit, 100 ratings |" in summary["_render"]
     assert summary["prior"]["rerank_1000_with_std_ms"]["max_abs_diff"] < 1e-9
     assert "| posterior strategy step, 600 photos" in summary["_render"]
+    explain = summary["explain"]
+    for part in (explain, explain["prior_pam"], explain["prior_pam_linear"]):
+        assert part["taste_100_ratings_1000_album_ms"]["speedup"] > 0
+    assert "| Prior-PAM + residual SVR taste, 100 ratings" in summary["_render"]

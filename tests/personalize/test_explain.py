@@ -132,3 +132,80 @@ def test_edge_cases():
     assert d["content"][0]["name"] in {"tabby, tiger cat, Egyptian cat", *(f"content class {k}" for k in range(1, 10))}
     assert {r["name"] for r in d["content"]} >= {"tabby, tiger cat, Egyptian cat", "content class 1", "content class 9"}
     assert [r["key"] for r in d["attributes"]] == list(E.FEATURE_KEYS[:10])  # all zero: stable order
+
+
+def _prior(X, residual_C):
+    from personalize.prior import TastePrior, feature_statistics
+
+    mean, scale = feature_statistics(X)
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(21, 5))
+    return TastePrior(mean, scale, np.r_[0.05, rng.normal(0, 0.05, 20)], a @ a.T * 0.02 + 0.01 * np.eye(21), 0.2,
+                      residual_C=residual_C)
+
+
+@pytest.mark.parametrize("residual_C", [None, 1.0], ids=["linear", "with-residual"])
+def test_prior_pam_gradients_are_exact(residual_C):
+    from personalize.prior import PriorPAM
+
+    rng, X = _album(7, 300)
+    y = np.clip(X[:, -1] + 0.8 * X[:, 1] - 1.5 * X[:, 15] + np.sin(3 * X[:, 2]) + rng.normal(0, 0.3, len(X)), 1, 5)
+    model = PriorPAM(_prior(X, residual_C)).fit(X[:100], y[:100])
+    assert (model.residual_ is None) == (residual_C is None)
+    if residual_C is not None:
+        assert model.residual_.support_vectors_.shape[0] > 10
+    analytic = E.row_gradients(model, X[100:160])
+    h = 1e-5
+    raw = np.empty((60, 20))
+    for j in range(20):
+        up, down = X[100:160].copy(), X[100:160].copy()
+        up[:, j] += h
+        down[:, j] -= h
+        raw[:, j] = (model.predict(up) - model.predict(down)) / (2 * h)
+    numeric = E._centre_content(raw, X[100:160, :-1])
+    np.testing.assert_allclose(analytic, numeric, atol=1e-6 * np.abs(numeric).max())
+
+    class Opaque:  # the same model through predict() only: the numerical path of taste()
+        def predict(self, X):
+            return model.predict(X)
+
+    exact, approx = E.taste(model, X, X[:100], y[:100]), E.taste(Opaque(), X, X[:100], y[:100])
+    np.testing.assert_allclose(exact.effect, approx.effect, atol=0.02 * np.abs(exact.effect).max())
+    top, vals = E.top_reasons(model, exact, X[:50])
+    own = E.row_gradients(model, X[:50]) * (X[:50, :-1] - exact.album_mean)  # each photo's own gradient
+    np.testing.assert_allclose(vals, np.take_along_axis(own, top, 1))
+
+
+def test_prior_pam_uncertainty_is_its_posterior():
+    from personalize.prior import PriorPAM
+
+    rng, X = _album(8)
+    y = np.clip(X[:, -1] + 1.0 * X[:, 0] + rng.normal(0, 0.4, len(X)), 1, 5)
+    prior = _prior(X, None)
+    stds = []
+    for n in (10, 40, 160):
+        model = PriorPAM(prior).fit(X[:n], y[:n])
+        taste = E.taste(model, X, X[:n], y[:n])
+        sd = X[:, :-1].std(0)
+        # an attribute's slope is theta_j / x_scale_j: its s.d. is the posterior's, exactly
+        np.testing.assert_allclose(taste.std[:10], np.sqrt(np.diag(model.theta_cov_))[1:11] / prior.x_scale[:10]
+                                   * sd[:10], rtol=1e-9)
+        # a content effect is (e_k - mean content) . theta_content / x_scale: its s.d. by sampling
+        draws = rng.multivariate_normal(model.theta_, model.theta_cov_, 4000)[:, 11:] / prior.x_scale[10:]
+        effects = (draws - (draws @ X[:, 10:20].mean(0))[:, None]) * sd[10:]
+        np.testing.assert_allclose(taste.std[10:], effects.std(0), rtol=0.08)
+        stds.append(taste.std.mean())
+    assert stds[0] > stds[1] > stds[2] and taste.supported[0] and taste.effect[0] > 0
+    with_residual = E.taste(PriorPAM(_prior(X, 1.0)).fit(X[:40], y[:40]), X, X[:40], y[:40])
+    linear = E.taste(PriorPAM(prior).fit(X[:40], y[:40]), X, X[:40], y[:40])
+    assert (with_residual.std > linear.std).all()  # the residual's own uncertainty adds to it
+
+
+def test_prior_pam_without_a_prior_is_explained_as_pam():
+    from personalize.prior import PriorPAM
+
+    rng, X = _album(9, 300)
+    y = np.clip(X[:, -1] + X[:, 3] + rng.normal(0, 0.3, len(X)), 1, 5)
+    a, b = E.taste(PriorPAM().fit(X[:60], y[:60]), X, X[:60], y[:60]), E.taste(PAM().fit(X[:60], y[:60]), X, X[:60], y[:60])
+    np.testing.assert_allclose(a.effect, b.effect, rtol=1e-9)
+    np.testing.assert_allclose(a.std, b.std, rtol=1e-9)
