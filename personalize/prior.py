@@ -11,7 +11,10 @@ a low-rank taste basis plus an isotropic floor), noise_var what no taste explain
 estimates (mu, Sigma, noise_var) by EM over the training raters, then chooses among its variants
 (full / low-rank covariance; with or without a nu-SVR on what the prior leaves, and its C) by
 cross-validation over training raters (folds of raters: a rater is never scored by a prior that saw
-them). A prior holds plain arrays and is stored as npz (no pickle) beside the feature version whose
+them). The same folds score PAM on the same splits: `beats_pam` says whether the chosen prior's
+model beat PAM on held-out raters (the mean over the cross-validated k of the paired difference in
+improvement), and the service serves Prior-PAM only when it did not lose (True, or None when too
+few ratings per rater to measure). A prior holds plain arrays and is stored as npz (no pickle) beside the feature version whose
 features it standardizes.
 
 `PriorPAM` (a scikit-learn regressor, PAM's X = [x, aes_score] convention) is the personal model:
@@ -60,6 +63,9 @@ class TastePrior:
     residual_C: float | None = None  # nu-SVR on what the posterior leaves (None: off)
     residual_min_ratings: int = 0  # ... from this many ratings on
     use_population_offset: bool = False
+    # cross-validated over training raters: does Prior-PAM beat PAM (paired, held-out raters)?
+    # None when it was not measured (too few ratings per rater, or choose=False)
+    beats_pam: bool | None = None
     info: dict = field(default_factory=dict)  # how it was chosen (CV figures), JSON-safe
 
     def __post_init__(self):
@@ -90,7 +96,8 @@ class TastePrior:
     def to_arrays(self) -> dict[str, np.ndarray]:
         meta = {"format": FORMAT, "noise_var": self.noise_var, "rank": self.rank, "residual_C": self.residual_C,
                 "residual_min_ratings": self.residual_min_ratings,
-                "use_population_offset": self.use_population_offset, "info": self.info}
+                "use_population_offset": self.use_population_offset, "beats_pam": self.beats_pam,
+                "info": self.info}
         return {"x_mean": self.x_mean, "x_scale": self.x_scale, "mu": self.mu, "cov": self.cov,
                 "meta": np.str_(json.dumps(meta, default=float))}
 
@@ -114,7 +121,8 @@ class TastePrior:
             raise ValueError(f"{path}: inconsistent shapes {[a.shape for a in arrays.values()]}")
         return cls(**arrays, noise_var=float(meta["noise_var"]), rank=meta["rank"], residual_C=meta["residual_C"],
                    residual_min_ratings=int(meta["residual_min_ratings"]),
-                   use_population_offset=bool(meta["use_population_offset"]), info=meta.get("info", {}))
+                   use_population_offset=bool(meta["use_population_offset"]), beats_pam=meta.get("beats_pam"),
+                   info=meta.get("info", {}))
 
 
 # --- the personal model ---------------------------------------------------------------------------
@@ -283,6 +291,7 @@ def _choose(full: TastePrior, raters, A, b, c, n, *, folds, ks, repeats, max_tes
     fold_of = rng.permutation(len(raters)) % folds
     variants = [(rank, C) for rank in RANKS for C in RESIDUAL_C]
     gains = {v: {k: [] for k in ks} for v in variants}  # per held-out rater, mean over repeats
+    pam_gains = {k: [] for k in ks}  # PAM on the same splits: the comparison that decides serving
     zero = []  # population offset vs generic, per held-out rater
     for f in range(folds):
         train = fold_of != f
@@ -298,9 +307,11 @@ def _choose(full: TastePrior, raters, A, b, c, n, *, folds, ks, repeats, max_tes
                 if r.y.size < k + 20:
                     continue
                 per = {v: [] for v in variants}
+                per_pam = []
                 for _ in range(repeats):
                     perm = rng.permutation(r.y.size)
                     tr, te = perm[:k], perm[k:k + max_test]
+                    per_pam.append(_improvement(r.y[te], PAM().fit(r.X[tr], r.y[tr]).predict(r.X[te]), r.X[te, -1]))
                     for rank, prior in priors.items():
                         for C in RESIDUAL_C:
                             prior.residual_C, prior.residual_min_ratings = C, 0
@@ -308,6 +319,7 @@ def _choose(full: TastePrior, raters, A, b, c, n, *, folds, ks, repeats, max_tes
                             per[rank, C].append(_improvement(r.y[te], pred, r.X[te, -1]))
                 for v in variants:
                     gains[v][k].append(float(np.nanmean(per[v])))
+                pam_gains[k].append(float(np.nanmean(per_pam)))
     table = {v: {k: float(np.nanmean(g)) if g else float("nan") for k, g in by_k.items()} for v, by_k in gains.items()}
     # the covariance: best mean over ks without the residual SVR; the residual SVR: per k, kept
     # from the smallest k on from which it helps at every larger k
@@ -319,15 +331,25 @@ def _choose(full: TastePrior, raters, A, b, c, n, *, folds, ks, repeats, max_tes
             best_C = max(helps, key=lambda C: np.nanmean([table[rank, C][kk] for kk in ks[i:]]))
             min_ratings = k if i else 0
             break
+    vs_pam = {}
+    for k in ks:
+        diff = np.asarray(gains[rank, best_C if best_C is not None and k >= min_ratings else None][k]) - pam_gains[k]
+        diff = diff[np.isfinite(diff)]
+        if diff.size:
+            vs_pam[str(k)] = {"mean": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(diff.size))
+                              if diff.size > 1 else float("nan"), "raters": int(diff.size)}
+    beats_pam = bool(np.mean([v["mean"] for v in vs_pam.values()]) > 0) if vs_pam else None
     zero_gain = float(np.nanmean(zero)) if zero else float("nan")
     zero_se = float(np.nanstd(zero) / np.sqrt(max(1, np.sum(np.isfinite(zero))))) if zero else float("nan")
     info = {"cv": {"folds": folds, "ks": list(ks), "repeats": repeats, "raters_scored": len(zero),
                    "improvement": [{"rank": v[0], "residual_C": v[1], **{str(k): table[v][k] for k in ks}}
                                    for v in variants]},
-            "zero_ratings": {"population_offset_gain": zero_gain, "se": zero_se}}
+            "zero_ratings": {"population_offset_gain": zero_gain, "se": zero_se},
+            "vs_pam": vs_pam}
     cov = low_rank(full.cov, rank)
     return TastePrior(full.x_mean, full.x_scale, full.mu, cov, full.noise_var, rank=rank, residual_C=best_C,
-                      residual_min_ratings=min_ratings, use_population_offset=bool(zero_gain > 2 * zero_se), info=info)
+                      residual_min_ratings=min_ratings, use_population_offset=bool(zero_gain > 2 * zero_se),
+                      beats_pam=beats_pam, info=info)
 
 
 def load_prior(path) -> TastePrior | None:

@@ -60,7 +60,7 @@ def fit_and_store(ratings: Path, features: Path, version: str | None = None, tes
             "ratings": int(np.isin(data.ratings.workers, np.asarray(raters)).sum()),
             "ratings_without_features": dropped, "excluded_workers": sorted(data.excluded_workers),
             "rank": prior.rank, "residual_C": prior.residual_C, "residual_min_ratings": prior.residual_min_ratings,
-            "use_population_offset": prior.use_population_offset, "noise_var": prior.noise_var, **prior.info,
+            "use_population_offset": prior.use_population_offset, "beats_pam": prior.beats_pam, "noise_var": prior.noise_var, **prior.info,
             "seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -88,4 +88,11 @@ def render(summary: dict) -> str:
         start = "population offset" if summary["use_population_offset"] else "generic score"
         lines.append(f"  before any rating: {start} (population offset vs generic on held-out raters: "
                      f"{zero['population_offset_gain']:+.4f} ± {zero['se']:.4f})")
+    vs_pam = summary.get("vs_pam") or {}
+    if vs_pam:
+        figures = ", ".join(f"{k} ratings {v['mean']:+.4f} ± {v['se']:.4f}" for k, v in vs_pam.items())
+        verdict = "served as the personal model" if summary.get("beats_pam") else "NOT served: PAM stays the personal model"
+        lines.append(f"  vs PAM on held-out raters (paired, Spearman improvement): {figures}: {verdict}")
+    elif summary.get("beats_pam") is None:
+        lines.append("  vs PAM: not measured (too few ratings per rater); served as the personal model")
     return "\n".join(lines)

@@ -161,3 +161,30 @@ def test_cross_validation_chooses_among_variants(rng):
     assert prior.rank in (None, 8, 4)
     zero = prior.info["zero_ratings"]  # used only when measured to beat the generic score
     assert prior.use_population_offset == (zero["population_offset_gain"] > 2 * zero["se"])
+
+
+def test_cross_validation_measures_the_prior_against_pam_on_the_same_splits(rng, tmp_path):
+    # raters drawn from the prior's own model: the prior must beat PAM, and say so
+    raters, *_ = _population(rng, n_raters=25, n_per=200)
+    prior = fit_prior(raters, folds=3, ks=(10, 50), repeats=1, min_cv_ratings=100)
+    vs_pam = prior.info["vs_pam"]
+    assert set(vs_pam) == {"10", "50"} and all(v["raters"] == 25 for v in vs_pam.values())
+    assert prior.beats_pam is True and vs_pam["10"]["mean"] > 2 * vs_pam["10"]["se"]
+    assert load_prior(prior.save(tmp_path / PRIOR_FILE)).beats_pam is True
+
+    # offsets with no shared linear structure (each rater a different non-linear taste): nothing to
+    # borrow, and the verdict follows the measured mean whichever way it goes
+    lone = []
+    for j in range(25):
+        x = rng.normal(size=(200, D))
+        g = rng.uniform(1.5, 4.5, 200)
+        w = rng.normal(size=D)
+        lone.append(RaterData(np.hstack([x, g[:, None]]), g + np.sin(3 * x @ w / np.sqrt(D)) + rng.normal(0, .3, 200)))
+    other = fit_prior(lone, folds=3, ks=(10, 50), repeats=1, min_cv_ratings=100)
+    assert other.beats_pam == (np.mean([v["mean"] for v in other.info["vs_pam"].values()]) > 0)
+
+
+def test_unmeasured_prior_says_so(rng):
+    raters, *_ = _population(rng, n_raters=6, n_per=25)
+    assert fit_prior(raters, choose=False).beats_pam is None
+    assert fit_prior(raters, min_cv_ratings=25).beats_pam is None  # 25 ratings: no k leaves 20 to score
