@@ -12,7 +12,6 @@ Every endpoint does its work in this one deployment: no handle calls, one hop fr
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from functools import cache
@@ -32,7 +31,6 @@ from serving.online.service import (
     UserModel,
 )
 
-logger = logging.getLogger("pam.serve")
 WEB_DIR = FilePath(__file__).resolve().parent / "web"
 # Serve's limit per replica is high, so that a request waiting for its body (a slow or stalled
 # client) never keeps Serve from routing others to the replica; the replica admits work itself
