@@ -19,10 +19,6 @@ class ServiceError(Exception):
         self.detail = detail
         self.details = details
 
-    @property
-    def message(self) -> str:
-        return self.detail
-
     def body(self) -> dict:
         return {"detail": self.detail, "error": self.code, **self.details}
 
