@@ -36,9 +36,10 @@ class JSONBytes(Response):
     media_type = "application/json"
 
 
-def status_of(exc: errors.ServiceError) -> int:
-    for kind in type(exc).__mro__:
-        status = STATUS.get(kind)
+def status_of(kind: type[errors.ServiceError]) -> int:
+    """The status of a kind of error: that of its nearest ancestor in STATUS (500 for none)."""
+    for ancestor in kind.__mro__:
+        status = STATUS.get(ancestor)
         if status is not None:
             return status
     return 500
@@ -50,7 +51,7 @@ def error_response(exc: errors.ServiceError, headers: dict | None = None, status
         headers["Allow"] = exc.allow
     if isinstance(exc, errors.Unavailable) and exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
-    return JSONBytes(encode_json(exc.body()), status_code=status or status_of(exc), headers=headers or None)
+    return JSONBytes(encode_json(exc.body()), status_code=status or status_of(type(exc)), headers=headers or None)
 
 
 async def service_error(request: Request, exc: errors.ServiceError) -> Response:
