@@ -1,9 +1,11 @@
 """Request and response schemas of the online service (HTTP/JSON, paths under /v1).
 
-The pydantic models document every endpoint in the OpenAPI schema. The re-rank hot path decodes
-its body with pydantic-core straight from bytes (`decode_rerank`: Rust parses and validates 1,000
-ids in ~0.04 ms, 3x faster than json.loads plus Python checks); only when that fails does it run
-the plain-Python rules (`parse_rerank`), whose job is the message that names the problem.
+The pydantic models document every endpoint in the OpenAPI schema and parse every JSON body
+(`decode_rerank`, `decode_bulk`, `decode_score_ids`, `decode_album`, `decode_ratings`): pydantic-core
+reads the bytes and validates them in one pass (for re-rank, Rust parses and validates 1,000 ids in
+~0.04 ms, 3x faster than json.loads plus Python checks). Only a body the model refuses runs the
+plain-Python rules (`parse_rerank`, `parse_ratings`, ...), whose job is the error that names the
+problem. Errors are those of serving.online.errors.
 """
 
 from __future__ import annotations
