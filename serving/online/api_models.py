@@ -1,9 +1,11 @@
 """Request and response schemas of the online service (HTTP/JSON, paths under /v1).
 
-The pydantic models document every endpoint in the OpenAPI schema. The re-rank hot path decodes
-its body with pydantic-core straight from bytes (`decode_rerank`: Rust parses and validates 1,000
-ids in ~0.04 ms, 3x faster than json.loads plus Python checks); only when that fails does it run
-the plain-Python rules (`parse_rerank`), whose job is the message that names the problem.
+The pydantic models document every endpoint in the OpenAPI schema and parse every JSON body
+(`decode_rerank`, `decode_bulk`, `decode_score_ids`, `decode_album`, `decode_ratings`): pydantic-core
+reads the bytes and validates them in one pass (for re-rank, Rust parses and validates 1,000 ids in
+~0.04 ms, 3x faster than json.loads plus Python checks). Only a body the model refuses runs the
+plain-Python rules (`parse_rerank`, `parse_ratings`, ...), whose job is the error that names the
+problem. Errors are those of serving.online.errors.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personalize.features import N_ATTRIBUTES, N_CONTENT, SCORE_MAX, SCORE_MIN
+from serving.online.errors import InvalidInput, MalformedRequest, ServiceError, TooLarge
 from serving.online.taste_models import RerankReasons
 
 API_PREFIX = "/v1"
@@ -46,25 +49,15 @@ _ID_ALIAS = re.compile(r"(?:^|/)\.(?:/|$)|//|/$", re.MULTILINE)
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ @ -, starting with a letter or digit, no '..'"
 
 
-class ApiError(Exception):
-    """An error with an HTTP status and a message that says what is wrong (-> JSON body)."""
-
-    def __init__(self, status: int, code: str, message: str, **details: Any):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-
-    def body(self) -> dict:
-        return {"detail": self.message, "error": self.code, **self.details}
+# what callers of the library knew as the API's error: every service error is one
+ApiError = ServiceError
 
 
 # ---------------------------------------------------------------- checks shared by every path
 
 def check_user_id(user_id: Any) -> str:
     if not isinstance(user_id, str) or len(user_id) > MAX_USER_ID_CHARS or not _USER_ID_RE.fullmatch(user_id):
-        raise ApiError(400, "invalid_user_id", f"user id {user_id!r} is not allowed: use {USER_ID_RULE}")
+        raise MalformedRequest("invalid_user_id", f"user id {user_id!r} is not allowed: use {USER_ID_RULE}")
     return user_id
 
 
@@ -91,9 +84,9 @@ def normalize_image_ids(ids: list[str], field: str) -> list[str]:
         elif not _ID_ALIAS.search(blob):
             return ids
     if bad:
-        raise ApiError(422, "invalid_image_id", f"'{field}' holds {len(bad)} invalid image ids (each must be "
-                       f"a string of 1-{MAX_IMAGE_ID_CHARS} characters, valid Unicode, no control characters)",
-                       invalid=[ascii(b)[:100] for b in bad[:20]])
+        raise InvalidInput("invalid_image_id", f"'{field}' holds {len(bad)} invalid image ids (each must be "
+                           f"a string of 1-{MAX_IMAGE_ID_CHARS} characters, valid Unicode, no control characters)",
+                           invalid=[ascii(b)[:100] for b in bad[:20]])
     return [normalize_image_id(i) for i in ids]
 
 
@@ -108,11 +101,11 @@ def _encodable(text: str) -> bool:
 def check_image_ids(ids: Any, field: str, limit: int) -> list[str]:
     """A list of image ids, checked and normalized (the list that callers must use)."""
     if not isinstance(ids, list):
-        raise ApiError(422, "invalid_field", f"'{field}' must be a list of image id strings")
+        raise InvalidInput("invalid_field", f"'{field}' must be a list of image id strings")
     if not ids:
-        raise ApiError(422, "invalid_field", f"'{field}' is empty")
+        raise InvalidInput("invalid_field", f"'{field}' is empty")
     if len(ids) > limit:
-        raise ApiError(413, "too_many_items", f"'{field}' holds {len(ids)} ids; at most {limit} are allowed",
+        raise TooLarge("too_many_items", f"'{field}' holds {len(ids)} ids; at most {limit} are allowed",
                        limit=limit)
     return normalize_image_ids(ids, field)
 
@@ -121,46 +114,62 @@ def check_request_id(request_id: Any) -> str | None:
     if request_id is None:
         return None
     if not isinstance(request_id, str) or not _REQUEST_ID_RE.fullmatch(request_id):
-        raise ApiError(422, "invalid_request_id",
-                       f"request id must be 1-{MAX_REQUEST_ID_CHARS} printable ASCII characters without spaces")
+        raise InvalidInput("invalid_request_id",
+                           f"request id must be 1-{MAX_REQUEST_ID_CHARS} printable ASCII characters without spaces")
     return request_id
 
 
 def check_score(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(422, "invalid_score", f"{where}: score {value!r} is not a number")
+        raise InvalidInput("invalid_score", f"{where}: score {value!r} is not a number")
     try:
         score = float(value)
     except OverflowError:
         score = math.inf
     if not math.isfinite(score) or not SCORE_MIN <= score <= SCORE_MAX:
-        raise ApiError(422, "score_out_of_range",
-                       f"{where}: score {value!r} is outside [{SCORE_MIN:g}, {SCORE_MAX:g}]")
+        raise InvalidInput("score_out_of_range",
+                           f"{where}: score {value!r} is outside [{SCORE_MIN:g}, {SCORE_MAX:g}]")
     return score
+
+
+def parse_ratings(ratings: Any) -> list[tuple[str, float]]:
+    """A ratings list as a client sent it ([{image_id, score}]) -> checked (image_id, score) pairs."""
+    if not isinstance(ratings, list) or not ratings:
+        raise InvalidInput("invalid_field", "'ratings' must be a non-empty list of {image_id, score}")
+    if len(ratings) > MAX_RATINGS_PER_CALL:
+        raise TooLarge("too_many_items", f"{len(ratings)} ratings in one call; at most "
+                       f"{MAX_RATINGS_PER_CALL} are allowed", limit=MAX_RATINGS_PER_CALL)
+    pairs = []
+    for k, item in enumerate(ratings):
+        if not isinstance(item, dict) or set(item) != {"image_id", "score"}:
+            raise InvalidInput("invalid_rating", f"ratings[{k}] must be an object with exactly image_id and score")
+        image_id = check_image_ids([item["image_id"]], f"ratings[{k}].image_id", 1)[0]
+        pairs.append((image_id, check_score(item["score"], f"ratings[{k}]")))
+    return pairs
 
 
 def parse_json(body: bytes) -> Any:
     if not body:
-        raise ApiError(400, "empty_body", "the request body is empty; send a JSON object")
+        raise MalformedRequest("empty_body", "the request body is empty; send a JSON object")
     try:
         data = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "malformed_json", f"the request body is not valid JSON: {exc}") from None
+        raise MalformedRequest("malformed_json", f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise ApiError(400, "too_deep", "the request body nests too deeply") from None
+        raise MalformedRequest("too_deep", "the request body nests too deeply") from None
     except ValueError as exc:  # an integer of more than 4,300 digits
-        raise ApiError(422, "number_too_large", f"the request body holds a number out of range: {exc}") from None
+        raise InvalidInput("number_too_large", f"the request body holds a number out of range: {exc}") from None
     return data
 
 
 def _no_constant(name: str):
-    raise ApiError(422, "non_finite_number", f"{name} is not a number this API accepts (numbers must be finite)")
+    raise InvalidInput("non_finite_number", f"{name} is not a number this API accepts (numbers must be finite)")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise ApiError(422, "non_finite_number", f"the number {text[:40]} is out of range (numbers must be finite)")
+        raise InvalidInput("non_finite_number", f"the number {text[:40]} is out of range (numbers must be finite)")
     return value
 
 
@@ -229,14 +238,14 @@ def _query_from_model(request: RerankRequest, where: str) -> RerankQuery:
     import numpy as np
 
     if (request.candidates is None) == (request.items is None):
-        raise ApiError(422, "invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
-                       "or 'items' (inline features)")
+        raise InvalidInput("invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
+                           "or 'items' (inline features)")
     if request.candidates is not None:
         return RerankQuery(normalize_image_ids(request.candidates, "candidates"), request.top_k,
                            include=request.include)
     table = np.array([[*it.attributes, *it.content, it.aes_score] for it in request.items], dtype=np.float64)
     if not np.isfinite(table).all():
-        raise ApiError(422, "invalid_item", f"{where}: inline features must be finite numbers")
+        raise InvalidInput("invalid_item", f"{where}: inline features must be finite numbers")
     ids = normalize_image_ids([it.image_id for it in request.items], "items.image_id")
     return RerankQuery(ids, request.top_k, x=table[:, :-1], aes_score=table[:, -1], include=request.include)
 
@@ -246,8 +255,8 @@ def decode_rerank(body: bytes) -> RerankQuery:
     try:
         request = RerankRequest.model_validate_json(body)
     except ValidationError:
-        parse_rerank(parse_json(body))  # raises the ApiError that says what is wrong
-        raise ApiError(422, "invalid_body", "the body does not match RerankRequest (see /v1/docs)") from None
+        parse_rerank(parse_json(body))  # raises the error that says what is wrong
+        raise InvalidInput("invalid_body", "the body does not match RerankRequest (see /v1/docs)") from None
     return _query_from_model(request, "body")
 
 
@@ -259,15 +268,15 @@ def decode_bulk(body: bytes) -> list[tuple[str, RerankQuery]]:
         data = parse_json(body)
         queries = data.get("queries") if isinstance(data, dict) and set(data) == {"queries"} else None
         if not isinstance(queries, list) or not queries:
-            raise ApiError(422, "invalid_body", "body must be an object {queries: [{user_id, candidates|items, "
-                           "top_k?}]}") from None
+            raise InvalidInput("invalid_body", "body must be an object {queries: [{user_id, candidates|items, "
+                               "top_k?}]}") from None
         if len(queries) > MAX_BULK_QUERIES:
-            raise ApiError(413, "too_many_items", f"{len(queries)} queries; at most {MAX_BULK_QUERIES} per "
+            raise TooLarge("too_many_items", f"{len(queries)} queries; at most {MAX_BULK_QUERIES} per "
                            "request", limit=MAX_BULK_QUERIES) from None
         for k, q in enumerate(queries):
             check_user_id(q.get("user_id") if isinstance(q, dict) else None)
             parse_rerank(q, where=f"queries[{k}]", extra_keys=frozenset({"user_id"}))
-        raise ApiError(422, "invalid_body", "the body does not match BulkRerankRequest (see /v1/docs)") from None
+        raise InvalidInput("invalid_body", "the body does not match BulkRerankRequest (see /v1/docs)") from None
     return [(check_user_id(q.user_id), _query_from_model(q, f"queries[{k}]")) for k, q in enumerate(request.queries)]
 
 
@@ -303,24 +312,24 @@ class RerankQuery:
 def parse_rerank(data: Any, where: str = "body", extra_keys: frozenset = frozenset()) -> RerankQuery:
     """Validate a decoded re-rank body (RerankRequest's rules) without pydantic."""
     if not isinstance(data, dict):
-        raise ApiError(422, "invalid_body", f"{where} must be a JSON object with 'candidates' or 'items'")
+        raise InvalidInput("invalid_body", f"{where} must be a JSON object with 'candidates' or 'items'")
     unknown = set(data) - _RERANK_KEYS - extra_keys
     if unknown:
-        raise ApiError(422, "unknown_field", f"{where} has unknown fields {sorted(unknown)}; "
-                       f"allowed: {sorted(_RERANK_KEYS | extra_keys)}")
+        raise InvalidInput("unknown_field", f"{where} has unknown fields {sorted(unknown)}; "
+                           f"allowed: {sorted(_RERANK_KEYS | extra_keys)}")
     top_k = data.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
                               or not 1 <= top_k <= MAX_CANDIDATES):
-        raise ApiError(422, "invalid_field", f"{where}: top_k must be an integer in [1, {MAX_CANDIDATES}]")
+        raise InvalidInput("invalid_field", f"{where}: top_k must be an integer in [1, {MAX_CANDIDATES}]")
     include = data.get("include")
     if include is not None and (not isinstance(include, list) or any(i not in INCLUDE_OPTIONS for i in include)
                                 or len(set(include)) != len(include)):
-        raise ApiError(422, "invalid_field", f"{where}: include must be a list of distinct options from "
-                       f"{list(INCLUDE_OPTIONS)}")
+        raise InvalidInput("invalid_field", f"{where}: include must be a list of distinct options from "
+                           f"{list(INCLUDE_OPTIONS)}")
     has_ids, has_items = data.get("candidates") is not None, data.get("items") is not None
     if has_ids == has_items:
-        raise ApiError(422, "invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
-                       "or 'items' (inline features)")
+        raise InvalidInput("invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
+                           "or 'items' (inline features)")
     if has_ids:
         return RerankQuery(check_image_ids(data["candidates"], "candidates", MAX_CANDIDATES), top_k, include=include)
     query = _parse_inline(data["items"], where, top_k)
@@ -332,27 +341,27 @@ def _parse_inline(items: Any, where: str, top_k: int | None) -> RerankQuery:
     import numpy as np
 
     if not isinstance(items, list) or not items:
-        raise ApiError(422, "invalid_field", f"{where}: 'items' must be a non-empty list of objects")
+        raise InvalidInput("invalid_field", f"{where}: 'items' must be a non-empty list of objects")
     if len(items) > MAX_CANDIDATES:
-        raise ApiError(413, "too_many_items", f"'items' holds {len(items)} candidates; at most "
+        raise TooLarge("too_many_items", f"'items' holds {len(items)} candidates; at most "
                        f"{MAX_CANDIDATES} are allowed", limit=MAX_CANDIDATES)
     ids, rows = [], []
     for k, item in enumerate(items):
         at = f"{where}: items[{k}]"
         if not isinstance(item, dict) or set(item) != {"image_id", "aes_score", "attributes", "content"}:
-            raise ApiError(422, "invalid_item", f"{at} must be an object with exactly image_id, aes_score, "
-                           f"attributes ({N_ATTRIBUTES} numbers) and content ({N_CONTENT} numbers)")
+            raise InvalidInput("invalid_item", f"{at} must be an object with exactly image_id, aes_score, "
+                               f"attributes ({N_ATTRIBUTES} numbers) and content ({N_CONTENT} numbers)")
         image_id = item["image_id"]
         if not isinstance(image_id, str):
-            raise ApiError(422, "invalid_image_id", f"{at}: image_id must be a non-empty string")
+            raise InvalidInput("invalid_image_id", f"{at}: image_id must be a non-empty string")
         attributes, content = item["attributes"], item["content"]
         if not isinstance(attributes, list) or len(attributes) != N_ATTRIBUTES:
-            raise ApiError(422, "invalid_item", f"{at}: attributes must be a list of {N_ATTRIBUTES} numbers")
+            raise InvalidInput("invalid_item", f"{at}: attributes must be a list of {N_ATTRIBUTES} numbers")
         if not isinstance(content, list) or len(content) != N_CONTENT:
-            raise ApiError(422, "invalid_item", f"{at}: content must be a list of {N_CONTENT} numbers")
+            raise InvalidInput("invalid_item", f"{at}: content must be a list of {N_CONTENT} numbers")
         values = [*attributes, *content, item["aes_score"]]
         if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
-            raise ApiError(422, "invalid_item", f"{at}: aes_score, attributes and content must be numbers")
+            raise InvalidInput("invalid_item", f"{at}: aes_score, attributes and content must be numbers")
         ids.append(image_id)
         rows.append(values)
     ids = normalize_image_ids(ids, f"{where}: items.image_id")
@@ -361,8 +370,8 @@ def _parse_inline(items: Any, where: str, top_k: int | None) -> RerankQuery:
     except OverflowError:
         table = np.full((1, 1), np.inf)
     if not np.isfinite(table).all() or np.abs(table).max() > MAX_FEATURE_ABS:
-        raise ApiError(422, "invalid_item", f"{where}: inline features must be finite numbers in "
-                       f"[-{MAX_FEATURE_ABS:g}, {MAX_FEATURE_ABS:g}]")
+        raise InvalidInput("invalid_item", f"{where}: inline features must be finite numbers in "
+                           f"[-{MAX_FEATURE_ABS:g}, {MAX_FEATURE_ABS:g}]")
     return RerankQuery(ids, top_k, x=table[:, :-1], aes_score=table[:, -1])
 
 
@@ -381,7 +390,7 @@ class ImageIdsRequest(BaseModel):
 class ScoreIdsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     image_ids: Annotated[list[ImageId], Field(min_length=1, max_length=MAX_SCORE_IDS)]
-    include_features: bool = False
+    include_features: Annotated[bool, Field(strict=True)] = False
 
 
 class PhotoScore(BaseModel):
@@ -467,3 +476,68 @@ class UserState(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     checks: dict[str, str]
+
+
+# ---------------------------------------------------------------- decoding the other bodies
+# Each body is parsed and validated once, by its model (pydantic-core, straight from bytes). Only
+# a body the model refuses goes through the plain-Python rules (`_explain_*`), whose job is the
+# error that names the problem; a refusal they do not explain is a generic invalid_body.
+
+def _decode(body: bytes, model: type[BaseModel], explain, finish):
+    try:
+        parsed = model.model_validate_json(body)
+    except ValidationError:
+        parsed = None
+    error = None
+    if parsed is not None:
+        try:
+            return finish(parsed)
+        except ServiceError as exc:
+            error = exc
+    explain(parse_json(body))  # raises the error that says what is wrong
+    if error is not None:
+        raise error
+    raise InvalidInput("invalid_body", f"the body does not match {model.__name__} (see {API_PREFIX}/docs)")
+
+
+def _explain_score_ids(data: Any) -> None:
+    if not isinstance(data, dict) or set(data) - {"image_ids", "include_features"}:
+        raise InvalidInput("invalid_body", "body must be an object {image_ids: [...], include_features?: bool}")
+    if not isinstance(data.get("include_features", False), bool):
+        raise InvalidInput("invalid_field", "include_features must be true or false")
+    check_image_ids(data.get("image_ids"), "image_ids", MAX_SCORE_IDS)
+
+
+def decode_score_ids(body: bytes) -> tuple[list[str], bool]:
+    """A score body -> (normalized image ids, include_features)."""
+    return _decode(body, ScoreIdsRequest, _explain_score_ids,
+                   lambda r: (normalize_image_ids(r.image_ids, "image_ids"), r.include_features))
+
+
+def _explain_album(data: Any) -> None:
+    if not isinstance(data, dict) or set(data) != {"image_ids"}:
+        raise InvalidInput("invalid_body", "body must be an object {image_ids: [...]}")
+    check_image_ids(data["image_ids"], "image_ids", MAX_ALBUM_IDS)
+
+
+def decode_album(body: bytes) -> list[str]:
+    """An album body -> the normalized image ids."""
+    return _decode(body, ImageIdsRequest, _explain_album, lambda r: normalize_image_ids(r.image_ids, "image_ids"))
+
+
+def _explain_ratings(data: Any) -> None:
+    if not isinstance(data, dict) or "ratings" not in data or set(data) - {"ratings", "request_id"}:
+        raise InvalidInput("invalid_body", "body must be an object {ratings: [{image_id, score}], request_id?}")
+    check_request_id(data.get("request_id"))
+    parse_ratings(data["ratings"])
+
+
+def _ratings_from_model(request: RatingsRequest) -> tuple[list[tuple[str, float]], bool, str | None]:
+    ids = normalize_image_ids([r.image_id for r in request.ratings], "ratings.image_id")
+    pairs = [(image_id, r.score) for image_id, r in zip(ids, request.ratings, strict=True)]
+    return pairs, "request_id" in request.model_fields_set, request.request_id
+
+
+def decode_ratings(body: bytes) -> tuple[list[tuple[str, float]], bool, str | None]:
+    """A ratings body -> ((image_id, score) pairs, whether the body names a request id, that id)."""
+    return _decode(body, RatingsRequest, _explain_ratings, _ratings_from_model)

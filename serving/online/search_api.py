@@ -15,7 +15,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from serving.online import api_models as m
-from serving.online.api_models import ApiError
+from serving.online.errors import NotFound
+from serving.online.routes import api_key
 
 MAX_RESULTS = 1000
 
@@ -32,7 +33,7 @@ def search_router(runtime, responses: dict | None = None) -> APIRouter:
             try:
                 opened[version] = open_for_feature_table(root, version)
             except (FileNotFoundError, ValueError):
-                raise ApiError(404, "no_search_index", f"no search index for model version {version}: build it "
+                raise NotFound("no_search_index", f"no search index for model version {version}: build it "
                                f"with `pam index --features {root}` (it goes to {index_dir(root, version)})") from None
         return opened[version]
 
@@ -41,11 +42,7 @@ def search_router(runtime, responses: dict | None = None) -> APIRouter:
                      n: Annotated[int, Query(ge=1, le=MAX_RESULTS, description="results (the re-rank window)")] = 200):
         """The text index's top n photos for `q` (BM25 over file and folder names, ImageNet class
         names), best first. Re-rank them per user with POST /v1/users/{user_id}/rerank."""
-        key = request.headers.get("x-api-key")
-        if key is None:
-            auth = request.headers.get("authorization", "")
-            key = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-        runtime.service.tenant_for(key)  # 401 without a valid key when the service has keys
+        runtime.service.tenant_for(api_key(request))  # Unauthorized without a valid key when the service has keys
         version = runtime.service.catalog.model_version
         index = await asyncio.to_thread(index_for, version)
         hits = await asyncio.to_thread(index.search, q, n)

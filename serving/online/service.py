@@ -1,8 +1,10 @@
 """The personalization service as a plain library: no Ray, no HTTP (serving.online.app adds both).
 
 Split as LitServe splits a server: *setup* (`PersonalizationService(config)` opens the user store,
-the feature store and the feature backend of one model version), *decode* (serving.online.api_models
-validates requests), *predict* (the methods below), *encode* (`encode_json`).
+the catalog of one model version (serving.online.catalog) and photo scoring
+(serving.online.photos)), *decode* (serving.online.api_models parses and validates requests),
+*predict* (the methods below), *encode* (`encode_json`). What goes wrong is raised as the errors of
+serving.online.errors, never as HTTP statuses.
 
 Per-user state is a `UserModel`: the album's feature rows, PAM fit on every stored rating, and
 (lazily) the Active-PAM state. It carries the versions it was built from, so a caller can check it
@@ -14,42 +16,34 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from export.preprocess import DecodeError, decode
 from personalize.active import ActivePAM
 from personalize.features import SCORE_MAX, SCORE_MIN, W_AES_PAPER, pam_input, visual_vector
 from personalize.pam import PAM, estimate_gain, rbf_offsets
-from serving.feature_table.store import FeatureRows, FeatureStore
 from serving.online import taste
 from serving.online.api_models import (
     MAX_ALBUM_IDS,
-    MAX_RATINGS_PER_CALL,
     MAX_SCORE_IDS,
     MAX_SUGGESTIONS,
-    MAX_UPLOAD_PIXELS,
-    THUMBNAIL_SIZES,
     USER_ID_PATTERN,
-    ApiError,
     RerankQuery,
     check_image_ids,
     check_request_id,
-    check_score,
     check_user_id,
+    parse_ratings,
 )
+from serving.online.catalog import Catalog, pam_matrix
+from serving.online.errors import InvalidInput, Unauthorized, UnknownUser, VersionSwitching
+from serving.online.photos import Photos
 from serving.online.user_store import (
     DEFAULT_TENANT,
-    RequestIdConflict,
-    UnknownUser,
     UserSnapshot,
     UserStore,
     Versions,
@@ -75,41 +69,6 @@ def _json_default(value):
 
 
 SCORE_DECIMALS = 6
-UPLOAD_PREFIX = "upload:"
-# Uploaded photos live in their tenant's namespace: stored as TENANT_MARK tenant TENANT_MARK id.
-# The mark is a control character, which no client id may hold, so no id can reach another
-# tenant's photos or the catalog's.
-TENANT_MARK = "\x1d"
-
-
-def tenant_key(tenant: str, image_id: str) -> str:
-    return f"{TENANT_MARK}{tenant}{TENANT_MARK}{image_id}"
-
-
-def _client_id(key: str) -> str:
-    return key.rsplit(TENANT_MARK, 1)[-1] if key.startswith(TENANT_MARK) else key
-
-
-def _merge_rows(image_ids: Sequence[str], catalog_rows: FeatureRows, own: FeatureRows) -> FeatureRows:
-    """Rows of `image_ids` in the order asked, from the catalog's rows and a tenant's own rows
-    (each in the order asked, ids it does not hold skipped)."""
-    own_ids = [_client_id(i) for i in own.image_ids]
-    picks, pc, po = [], 0, 0
-    for image_id in image_ids:
-        if pc < len(catalog_rows.image_ids) and catalog_rows.image_ids[pc] == image_id:
-            picks.append(pc)
-            pc += 1
-        elif po < len(own_ids) and own_ids[po] == image_id:
-            picks.append(len(catalog_rows) + po)
-            po += 1
-    take = np.asarray(picks, dtype=np.intp)
-    ids = catalog_rows.image_ids + own_ids
-    return FeatureRows(
-        image_ids=[ids[i] for i in picks],
-        **{name: np.concatenate([getattr(catalog_rows, name), getattr(own, name)])[take]
-           for name in ("aes_score", "aes_feat", "attributes", "content")},
-        model_version=catalog_rows.model_version,
-        failed={**catalog_rows.failed, **{_client_id(k): v for k, v in own.failed.items()}})
 
 
 @dataclass
@@ -160,78 +119,6 @@ def split_model_key(key: str) -> tuple[str, str]:
 def user_seed(tenant: str, user_id: str) -> int:
     """Active-PAM's seed for a user: stable across replicas and restarts."""
     return int.from_bytes(hashlib.sha256(f"{tenant}/{user_id}".encode()).digest()[:8], "little")
-
-
-def safe_relative_path(root: Path, image_id: str) -> Path | None:
-    """root / image_id when that stays inside root (no '..', no absolute path, no symlink escape)."""
-    if not image_id or "\0" in image_id or "\\" in image_id:
-        return None
-    rel = PurePosixPath(image_id)
-    if rel.is_absolute() or any(part in ("..", "") for part in rel.parts):
-        return None
-    try:
-        root = root.resolve()
-        candidate = (root / rel).resolve()
-        return candidate if candidate.is_relative_to(root) and candidate.is_file() else None
-    except (OSError, ValueError):  # a name too long for the file system, a loop of links
-        return None
-
-
-def _open_backend(spec: str):
-    from serving.scoring import backends
-
-    opener = getattr(backends, "open_backend", None)
-    return opener(spec) if opener is not None else backends.OnnxRuntimeBackend(spec)
-
-
-def pam_matrix(rows: FeatureRows) -> np.ndarray:
-    """X = [attributes, content, aes_score] (21 columns) of feature rows."""
-    return np.hstack([pam_input(rows.attributes, rows.content),
-                      np.asarray(rows.aes_score, dtype=np.float64).reshape(-1, 1)])
-
-
-class Catalog:
-    """One model version: the feature store opened at it and the backend that scores new photos.
-
-    The service swaps a Catalog as a whole (atomic version switch); a request takes one reference
-    at its start and uses only that, so no reply mixes rows of two versions.
-    """
-
-    def __init__(self, feature_root: str, model: str | None = None, model_version: str | None = None):
-        self.backend = _open_backend(model) if model else None
-        version = model_version or (self.backend.model_version if self.backend is not None else None)
-        self.store = FeatureStore.open(feature_root, model_version=version)
-        self.model_version = self.store.model_version
-        if self.backend is not None and self.backend.model_version != self.model_version:
-            raise ValueError(f"the model at {model} is version {self.backend.model_version!r} but the "
-                             f"feature store serves {self.model_version!r}: versions never mix")
-
-    def lookup(self, image_ids: Sequence[str], tenant: str | None = None) -> tuple[FeatureRows, list[str]]:
-        """The store's lookup, plus the photos `tenant` uploaded (catalog ids first: an upload
-        never shadows a catalog photo)."""
-        found, missing = self.store.lookup(image_ids)
-        if not missing or tenant is None:
-            return found, missing
-        own, still = self.store.lookup([tenant_key(tenant, i) for i in missing])
-        if not len(own) and not own.failed:
-            return found, missing
-        return _merge_rows(image_ids, found, own), [_client_id(i) for i in still]
-
-    def rows(self, image_ids: Sequence[str], tenant: str | None = None) -> FeatureRows:
-        """Feature rows of ids in the order given; 404 listing unknown ids, 422 listing failed ones."""
-        found, missing = self.lookup(image_ids, tenant)
-        if missing:
-            raise ApiError(404, "unknown_images", f"{len(missing)} image ids are not in the feature store "
-                           f"(model version {self.model_version})", unknown=missing[:100])
-        if found.failed:
-            raise ApiError(422, "unscorable_images", f"{len(found.failed)} images could not be scored",
-                           failed=dict(list(found.failed.items())[:100]))
-        return found
-
-    def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-        self.store.close()
 
 
 @dataclass(frozen=True)
@@ -419,14 +306,9 @@ class PersonalizationService:
             self._blas_limit = blas_threads(self.config.blas_threads)
         self.users: UserStore = open_user_store(self.config.user_store)
         self.catalog = Catalog(self.config.feature_root, self.config.model)
-        self.photos_root = Path(self.config.photos_root).resolve() if self.config.photos_root else None
-        self.thumbnail_dir = Path(self.config.thumbnail_dir) if self.config.thumbnail_dir else None
         self._key_hashes = {hashlib.sha256(k.encode()).digest(): t for k, t in (self.config.api_keys or {}).items()}
         self._switch_lock = threading.Lock()
-        # one photo decoded at a time per replica: a 24-megapixel PNG takes ~150 MB while it decodes
-        self._decode_slot = threading.BoundedSemaphore(1)
-        # uploads and thumbnails run here, never in the default pool that health checks share
-        self.photo_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pam-photos")
+        self.photos = Photos(lambda: self.catalog, self.config.photos_root, self.config.thumbnail_dir)
 
     # ------------------------------------------------------------------ setup and versions
     def switch_model(self, model: str | None, model_version: str | None = None) -> str:
@@ -439,7 +321,7 @@ class PersonalizationService:
         return new.model_version
 
     def close(self) -> None:
-        self.photo_pool.shutdown(wait=False, cancel_futures=True)
+        self.photos.close()
         self.catalog.close()
         self.users.close()
 
@@ -452,28 +334,25 @@ class PersonalizationService:
         if not self._key_hashes:
             return DEFAULT_TENANT
         if not api_key:
-            raise ApiError(401, "missing_api_key", "this service needs an API key: send the header "
-                           "'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
+            raise Unauthorized("missing_api_key", "this service needs an API key: send the header "
+                               "'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
         digest = hashlib.sha256(api_key.encode()).digest()
         for known, tenant in self._key_hashes.items():
             if hmac.compare_digest(known, digest):
                 return tenant
-        raise ApiError(401, "invalid_api_key", "the API key is not valid")
+        raise Unauthorized("invalid_api_key", "the API key is not valid")
 
     def versions(self, tenant: str, user_id: str) -> Versions:
         try:
             return self.users.versions(user_id, tenant)
         except UnknownUser:
-            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}: register an album first "
-                           f"(POST /v1/users/{user_id}/album)", unknown=[user_id]) from None
+            raise UnknownUser(user_id, f"unknown user {user_id!r}: register an album first "
+                              f"(POST /v1/users/{user_id}/album)") from None
 
     def load_user_model(self, key: str) -> UserModel:
         tenant, user_id = split_model_key(key)
         catalog = self.catalog
-        try:
-            snapshot = self.users.snapshot(user_id, tenant)
-        except UnknownUser:
-            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}", unknown=[user_id]) from None
+        snapshot = self.users.snapshot(user_id, tenant)
         return UserModel(tenant, user_id, snapshot, catalog, self.config)
 
     def ensure_fresh(self, model: UserModel, versions: Versions, catalog: Catalog) -> UserModel:
@@ -482,194 +361,23 @@ class PersonalizationService:
             return model
         with model.lock:
             if not model.covers(versions, catalog.model_version):
-                try:
-                    snapshot = self.users.snapshot(model.user_id, model.tenant)
-                except UnknownUser:
-                    raise ApiError(404, "unknown_user", f"unknown user {model.user_id!r}",
-                                   unknown=[model.user_id]) from None
-                model.refresh(snapshot, catalog)
+                model.refresh(self.users.snapshot(model.user_id, model.tenant), catalog)
         return model
 
     # ------------------------------------------------------------------ photos
-    def _reachable(self, image_id: str) -> Path | None:
-        return safe_relative_path(self.photos_root, image_id) if self.photos_root is not None else None
-
-    def _score_files(self, catalog: Catalog, image_ids: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-        """Score ids missing from the store whose files are reachable; returns (scored, failed)."""
-        if catalog.backend is None:
-            return [], {}
-        ok_ids, images, failed = [], [], {}
-        for image_id in image_ids:
-            path = self._reachable(image_id)
-            if path is None:
-                continue
-            try:
-                with self._decode_slot:
-                    images.append(decode(path.read_bytes(), max_pixels=MAX_UPLOAD_PIXELS))
-                ok_ids.append(image_id)
-            except DecodeError as exc:
-                failed[image_id] = str(exc)
-            except OSError as exc:
-                failed[image_id] = f"unreadable: {exc.strerror or exc}"
-        if ok_ids:
-            features = catalog.backend.score(np.stack(images))
-            catalog.store.add_online(ok_ids, features, model_version=catalog.backend.model_version)
-        if failed:
-            catalog.store.add_online(list(failed), None, errors=list(failed.values()),
-                                     model_version=catalog.model_version)
-        return ok_ids, failed
-
-    def _known_or_scored(self, catalog: Catalog, image_ids: list[str], tenant: str) -> int:
-        """Make every id known to the store (scoring reachable files); 404 lists the rest."""
-        _, missing = catalog.lookup(image_ids, tenant)
-        if not missing:
-            return 0
-        scored, _ = self._score_files(catalog, missing)
-        scored_set = set(scored)
-        still = [i for i in missing if i not in scored_set]
-        if still:
-            hint = " and no file for them under the photos root" if self.photos_root else ""
-            raise ApiError(404, "unknown_images", f"{len(still)} image ids are not in the feature store "
-                           f"(model version {catalog.model_version}){hint}", unknown=still[:100])
-        return len(scored)
+    @property
+    def photo_pool(self):
+        return self.photos.pool
 
     def score_ids(self, image_ids: list[str], include_features: bool = False, tenant: str = DEFAULT_TENANT) -> dict:
-        image_ids = check_image_ids(image_ids, "image_ids", MAX_SCORE_IDS)
-        catalog = self.catalog
-        scored_now = set()
-        _, missing = catalog.lookup(image_ids, tenant)
-        if missing:
-            scored, _ = self._score_files(catalog, missing)
-            scored_now = set(scored)
-            unknown = [i for i in missing if i not in scored_now and self._reachable(i) is None]
-            if unknown:
-                raise ApiError(404, "unknown_images", f"{len(unknown)} image ids are neither in the feature store "
-                               "nor reachable as files", unknown=unknown[:100])
-        found, _ = catalog.lookup(image_ids, tenant)
-        by_id = {image_id: k for k, image_id in enumerate(found.image_ids)}
-        results = []
-        for image_id in image_ids:
-            k = by_id.get(image_id)
-            if k is None:
-                results.append({"image_id": image_id, "source": "failed",
-                                "error": found.failed.get(image_id, "not scored")})
-                continue
-            results.append(self._photo_row(found, k, "scored" if image_id in scored_now else "store",
-                                           include_features))
-        return {"model_version": catalog.model_version, "results": results}
-
-    @staticmethod
-    def _photo_row(rows: FeatureRows, k: int, source: str, include_features: bool) -> dict:
-        row = {"image_id": rows.image_ids[k], "aes_score": float(rows.aes_score[k]),
-               "attributes": rows.attributes[k].tolist(), "content": rows.content[k].tolist(),
-               "source": source}
-        if include_features:
-            row["aes_feat"] = rows.aes_feat[k].tolist()
-        return row
+        return self.photos.score_ids(check_image_ids(image_ids, "image_ids", MAX_SCORE_IDS), include_features, tenant)
 
     def score_uploads(self, uploads: Sequence[tuple[str, bytes, str | None]], include_features: bool = False,
                       tenant: str = DEFAULT_TENANT) -> dict:
-        """uploads: (file name, bytes, image_id or None). New photos are scored and kept online, in
-        the tenant's namespace; an id that names a catalog photo is refused (409), a photo of more
-        than MAX_UPLOAD_PIXELS pixels too (413)."""
-        catalog = self.catalog
-        if catalog.backend is None:
-            raise ApiError(503, "no_backend", "this service has no feature backend configured (start it "
-                           "with a model), so it cannot score uploaded photos")
-        named = [(k, image_id) for k, (_, _, image_id) in enumerate(uploads) if image_id is not None]
-        if named:
-            given = check_image_ids([i for _, i in named], "image_ids", len(named))
-            uploads = list(uploads)
-            for (k, _), image_id in zip(named, given, strict=True):
-                uploads[k] = (uploads[k][0], uploads[k][1], image_id)
-            in_catalog, _ = catalog.store.lookup(given)
-            taken = sorted(set(in_catalog.image_ids) | set(in_catalog.failed)
-                           | {i for i in given if self._reachable(i) is not None})
-            if taken:
-                raise ApiError(409, "image_id_taken", f"{len(taken)} image ids name catalog photos, which an "
-                               "upload never replaces: choose other ids", taken=taken[:100])
-        rows: list[dict | None] = [None] * len(uploads)
-        ids, images, positions = [], [], []
-        for k, (name, data, image_id) in enumerate(uploads):
-            image_id = image_id or UPLOAD_PREFIX + hashlib.sha256(data).hexdigest()[:32]
-            try:
-                with self._decode_slot:
-                    image = decode(data, max_pixels=MAX_UPLOAD_PIXELS)
-            except DecodeError as exc:
-                if exc.reason == "too_many_pixels":
-                    raise ApiError(413, "too_many_pixels", f"{name}: {exc.detail or exc}; at most "
-                                   f"{MAX_UPLOAD_PIXELS} pixels are accepted", limit=MAX_UPLOAD_PIXELS) from None
-                rows[k] = {"image_id": image_id, "source": "failed", "error": f"{name}: {exc}"}
-                continue
-            ids.append(image_id)
-            images.append(image)
-            positions.append(k)
-            self._save_thumbnail(tenant, image_id, data)
-        if ids:
-            keys = [tenant_key(tenant, i) for i in ids]
-            _, missing = catalog.store.lookup(keys)
-            missing_set = set(missing)
-            first = {key: i for i, key in reversed(list(enumerate(keys)))}
-            new = [i for key, i in first.items() if key in missing_set]
-            if new:
-                features = catalog.backend.score(np.stack([images[i] for i in new]))
-                catalog.store.add_online([keys[i] for i in new], features, model_version=catalog.backend.model_version)
-            found, _ = catalog.lookup(ids, tenant)
-            by_id = {image_id: j for j, image_id in enumerate(found.image_ids)}
-            new_ids = {ids[i] for i in new}
-            for image_id, k in zip(ids, positions, strict=True):
-                j = by_id.get(image_id)
-                if j is None:
-                    rows[k] = {"image_id": image_id, "source": "failed",
-                               "error": found.failed.get(image_id, "known but not scored")}
-                else:
-                    rows[k] = self._photo_row(found, j, "scored" if image_id in new_ids else "store",
-                                              include_features)
-        if rows and all(r["source"] == "failed" for r in rows):
-            raise ApiError(422, "undecodable_photos", "no uploaded photo could be decoded: "
-                           + "; ".join(r["error"] for r in rows), failed=[r["error"] for r in rows])
-        return {"model_version": catalog.model_version, "results": rows}
-
-    def _thumb_path(self, tenant: str, image_id: str) -> Path | None:
-        if self.thumbnail_dir is None:
-            return None
-        return self.thumbnail_dir / (hashlib.sha256(tenant_key(tenant, image_id).encode()).hexdigest() + ".jpg")
-
-    def _save_thumbnail(self, tenant: str, image_id: str, data: bytes) -> None:
-        path = self._thumb_path(tenant, image_id)
-        if path is None or path.exists():
-            return
-        try:
-            jpeg = make_thumbnail(data, max(THUMBNAIL_SIZES))
-        except (DecodeError, OSError, ValueError):
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
-        tmp.write_bytes(jpeg)
-        tmp.replace(path)
+        return self.photos.score_uploads(uploads, include_features, tenant)
 
     def thumbnail(self, image_id: str, size: int, tenant: str = DEFAULT_TENANT) -> tuple[bytes, bool]:
-        """(JPEG, shared): a catalog file's thumbnail is the same for everyone (shared=True); an
-        uploaded photo's is its tenant's own."""
-        if size not in THUMBNAIL_SIZES:
-            raise ApiError(422, "invalid_size", f"size must be one of {list(THUMBNAIL_SIZES)}")
-        image_id = check_image_ids([image_id], "image_id", 1)[0]
-        path = self._reachable(image_id)
-        kept = self._thumb_path(tenant, image_id) if path is None else None
-        if path is not None:
-            data = path.read_bytes()
-        elif kept is not None and kept.is_file():
-            data = kept.read_bytes()
-        else:
-            raise ApiError(404, "no_file", f"no file is reachable for image id {image_id!r} (the service "
-                           "serves files under its photos root and photos uploaded to it)",
-                           unknown=[image_id])
-        try:
-            with self._decode_slot:
-                return make_thumbnail(data, size), path is not None
-        except DecodeError as exc:
-            status = 413 if exc.reason == "too_many_pixels" else 422
-            raise ApiError(status, "undecodable_photo", f"{image_id!r} cannot be decoded: {exc}") from None
+        return self.photos.thumbnail(image_id, size, tenant)
 
     # ------------------------------------------------------------------ users
     def create_user(self, tenant: str, user_id: str) -> bool:
@@ -677,45 +385,34 @@ class PersonalizationService:
         return self.users.create_user(user_id, tenant)
 
     def add_album(self, tenant: str, user_id: str, image_ids: list[str]) -> dict:
-        check_user_id(user_id)
-        image_ids = check_image_ids(image_ids, "image_ids", MAX_ALBUM_IDS)
-        scored = self._known_or_scored(self.catalog, image_ids, tenant)
+        """Register or extend the album; `image_ids` as a client sent them (checked here)."""
+        return self.store_album(tenant, check_user_id(user_id), check_image_ids(image_ids, "image_ids", MAX_ALBUM_IDS))
+
+    def store_album(self, tenant: str, user_id: str, image_ids: list[str]) -> dict:
+        """add_album for ids already checked and normalized (a decoded request)."""
+        scored = self.photos.known_or_scored(self.catalog, image_ids, tenant)
         ack = self.users.add_album(user_id, image_ids, tenant)
         return {"user_id": user_id, "added": ack.added, "album_size": ack.album_size, "scored_online": scored}
 
     def add_ratings(self, tenant: str, user_id: str, ratings: list, request_id: str | None) -> dict:
+        """Store ratings given as a client sent them ([{image_id, score}], checked here)."""
         check_user_id(user_id)
         check_request_id(request_id)
-        if not isinstance(ratings, list) or not ratings:
-            raise ApiError(422, "invalid_field", "'ratings' must be a non-empty list of {image_id, score}")
-        if len(ratings) > MAX_RATINGS_PER_CALL:
-            raise ApiError(413, "too_many_items", f"{len(ratings)} ratings in one call; at most "
-                           f"{MAX_RATINGS_PER_CALL} are allowed", limit=MAX_RATINGS_PER_CALL)
-        pairs = []
-        for k, item in enumerate(ratings):
-            if not isinstance(item, Mapping) or set(item) != {"image_id", "score"}:
-                raise ApiError(422, "invalid_rating", f"ratings[{k}] must be an object with exactly image_id "
-                               "and score")
-            image_id = check_image_ids([item["image_id"]], f"ratings[{k}].image_id", 1)[0]
-            pairs.append((image_id, check_score(item["score"], f"ratings[{k}]")))
-        self.versions(tenant, user_id)  # 404 for an unknown user before the image checks
-        self._known_or_scored(self.catalog, [p[0] for p in pairs], tenant)
-        try:
-            ack = self.users.add_ratings(user_id, pairs, request_id=request_id, tenant=tenant)
-        except UnknownUser:
-            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}", unknown=[user_id]) from None
-        except RequestIdConflict as exc:
-            raise ApiError(409, "request_id_conflict", str(exc)) from None
+        return self.store_ratings(tenant, user_id, parse_ratings(ratings), request_id)
+
+    def store_ratings(self, tenant: str, user_id: str, pairs: list[tuple[str, float]],
+                      request_id: str | None) -> dict:
+        """add_ratings for (image_id, score) pairs already checked (a decoded request)."""
+        self.versions(tenant, user_id)  # an unknown user is reported before the image checks
+        self.photos.known_or_scored(self.catalog, [p[0] for p in pairs], tenant)
+        ack = self.users.add_ratings(user_id, pairs, request_id=request_id, tenant=tenant)
         return {"user_id": user_id, "ratings_version": ack.ratings_version, "n_ratings": ack.n_ratings,
                 "replayed": ack.replayed}
 
     def album(self, tenant: str, user_id: str) -> dict:
         """The album's ids in the order they were added, and the user's ratings oldest first."""
         check_user_id(user_id)
-        try:
-            snapshot = self.users.snapshot(user_id, tenant)
-        except UnknownUser:
-            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}", unknown=[user_id]) from None
+        snapshot = self.users.snapshot(user_id, tenant)
         return {"user_id": user_id, "image_ids": snapshot.album, "album_version": snapshot.versions.album,
                 "ratings_version": snapshot.versions.ratings,
                 "ratings": [{"image_id": i, "score": s} for i, s in zip(snapshot.rated_ids, snapshot.scores,
@@ -724,7 +421,7 @@ class PersonalizationService:
     def delete_user(self, tenant: str, user_id: str) -> dict:
         check_user_id(user_id)
         if not self.users.delete_user(user_id, tenant):
-            raise ApiError(404, "unknown_user", f"unknown user {user_id!r}", unknown=[user_id])
+            raise UnknownUser(user_id)
         return {"user_id": user_id, "deleted": True}
 
     # ------------------------------------------------------------------ predict (model in hand)
@@ -735,7 +432,7 @@ class PersonalizationService:
             # that version's rows, so the features match the model
             catalog = self.catalog
             if fit.model_version != catalog.model_version:
-                raise ApiError(503, "version_switching", "the model version is switching; retry the request")
+                raise VersionSwitching()
         if query.inline:
             ids, x, generic = query.ids, query.x, query.aes_score
         else:
@@ -745,8 +442,8 @@ class PersonalizationService:
             generic = rows.aes_score.astype(np.float64)
         scores = fit.predict(x, generic)
         if not np.isfinite(scores).all():
-            raise ApiError(422, "non_finite_score", "these features give a non-finite score; send features "
-                           "as the service's photo scoring returns them")
+            raise InvalidInput("non_finite_score", "these features give a non-finite score; send features "
+                               "as the service's photo scoring returns them")
         order = np.argsort(-scores, kind="stable")
         if query.top_k is not None:
             order = order[:query.top_k]
@@ -771,7 +468,7 @@ class PersonalizationService:
 
     def next_photos(self, model: UserModel, n: int) -> dict:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SUGGESTIONS:
-            raise ApiError(422, "invalid_n", f"n must be an integer in [1, {MAX_SUGGESTIONS}]")
+            raise InvalidInput("invalid_n", f"n must be an integer in [1, {MAX_SUGGESTIONS}]")
         with model.lock:
             if not model.album_ids:
                 chosen, phase = [], "done"
@@ -812,32 +509,5 @@ class PersonalizationService:
         catalog = self.catalog
         return {"model_version": catalog.model_version, "feature_rows": len(catalog.store),
                 "backend": type(catalog.backend).__name__ if catalog.backend is not None else None,
-                "user_store": type(self.users).__name__, "photos_root": bool(self.photos_root),
+                "user_store": type(self.users).__name__, "photos_root": bool(self.photos.photos_root),
                 "auth": "api-key" if self._key_hashes else "open", "user_id_pattern": USER_ID_PATTERN}
-
-
-def make_thumbnail(data: bytes, size: int) -> bytes:
-    """A JPEG whose longer side is `size` (aspect kept, EXIF orientation applied)."""
-    from PIL import Image, ImageOps
-
-    from export.preprocess import MAX_PIXELS
-
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.size[0] * image.size[1] > MAX_PIXELS:
-            raise DecodeError("too_many_pixels", f"{image.size[0]}x{image.size[1]}")
-        image.draft("RGB", (size, size))
-        image = ImageOps.exif_transpose(image)
-        image.thumbnail((size, size))
-        if image.mode != "RGB":
-            background = Image.new("RGB", image.size, (255, 255, 255))
-            rgba = image.convert("RGBA")
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            image = background
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=85)
-        return out.getvalue()
-    except DecodeError:
-        raise
-    except Exception as exc:  # Pillow raises many types for bad bytes
-        raise DecodeError("corrupt", str(exc) or type(exc).__name__) from None

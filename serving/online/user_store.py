@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.online.errors import RequestIdConflict, UnknownUser
+
 DEFAULT_TENANT = "default"
 
 SCHEMA = (
@@ -65,18 +67,6 @@ SCHEMA = (
         PRIMARY KEY (tenant, user_id, request_id))""",
 )
 USER_TABLES = ("pam_requests", "pam_ratings", "pam_album", "pam_users")
-
-
-class UnknownUser(LookupError):
-    def __init__(self, user_id: str):
-        self.user_id = user_id
-        super().__init__(f"unknown user {user_id!r}")
-
-
-class RequestIdConflict(ValueError):
-    def __init__(self, request_id: str):
-        self.request_id = request_id
-        super().__init__(f"request id {request_id!r} was already used with a different payload")
 
 
 @dataclass(frozen=True)
@@ -257,29 +247,29 @@ class UserStore(ABC):
                             [(tenant, u, i, k) for u, rs in users.items() for k, (i, _) in enumerate(rs)])
         return len(users)
 
+    def _user_row(self, cur, tenant: str, user_id: str) -> tuple[Versions, float]:
+        """(versions, created_at) of the user; UnknownUser when there is none."""
+        row = self._exec(cur, "SELECT ratings_version, album_version, generation, created_at FROM pam_users "
+                         "WHERE tenant = ? AND user_id = ?", (tenant, user_id)).fetchone()
+        if row is None:
+            raise UnknownUser(user_id)
+        return Versions(int(row[0]), int(row[1]), row[2]), float(row[3])
+
     def versions(self, user_id: str, tenant: str = DEFAULT_TENANT) -> Versions:
         """The user's change counters (one indexed read: the hot path's freshness check)."""
         with self._transaction(write=False) as cur:
-            row = self._exec(cur, "SELECT ratings_version, album_version, generation FROM pam_users "
-                             "WHERE tenant = ? AND user_id = ?", (tenant, user_id)).fetchone()
-        if row is None:
-            raise UnknownUser(user_id)
-        return Versions(int(row[0]), int(row[1]), row[2])
+            return self._user_row(cur, tenant, user_id)[0]
 
     def snapshot(self, user_id: str, tenant: str = DEFAULT_TENANT) -> UserSnapshot:
         with self._transaction(write=False) as cur:
-            row = self._exec(cur, "SELECT ratings_version, album_version, generation, created_at FROM pam_users "
-                             "WHERE tenant = ? AND user_id = ?", (tenant, user_id)).fetchone()
-            if row is None:
-                raise UnknownUser(user_id)
+            versions, created_at = self._user_row(cur, tenant, user_id)
             album = [r[0] for r in self._exec(
                 cur, "SELECT image_id FROM pam_album WHERE tenant = ? AND user_id = ? ORDER BY position",
                 (tenant, user_id))]
             rated = self._exec(cur, "SELECT image_id, score FROM pam_ratings WHERE tenant = ? AND user_id = ? "
                                "ORDER BY seq, image_id", (tenant, user_id)).fetchall()
-        return UserSnapshot(user_id=user_id, versions=Versions(int(row[0]), int(row[1]), row[2]), album=album,
-                            rated_ids=[r[0] for r in rated], scores=[float(r[1]) for r in rated],
-                            created_at=float(row[3]))
+        return UserSnapshot(user_id=user_id, versions=versions, album=album, rated_ids=[r[0] for r in rated],
+                            scores=[float(r[1]) for r in rated], created_at=created_at)
 
     def exists(self, user_id: str, tenant: str = DEFAULT_TENANT) -> bool:
         try:

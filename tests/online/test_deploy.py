@@ -66,6 +66,19 @@ def test_rayservice_manifest_matches_the_service(monkeypatch):
     assert app["args"]["model"].startswith("triton+grpc://pam-triton:")
 
 
+def test_admission_limits_in_the_configs_are_the_code_s():
+    """YAML cannot import: the Serve queue limits it states must be the ones the code deploys with."""
+    from serving.online.app import MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS
+
+    (manifest,) = yaml.safe_load_all((DEPLOY / "kuberay" / "rayservice.yaml").read_text())
+    configs = {"serve.yaml": yaml.safe_load((DEPLOY / "serve.yaml").read_text()),
+               "kuberay/rayservice.yaml": yaml.safe_load(manifest["spec"]["serveConfigV2"])}
+    for name, config in configs.items():
+        (deployment,) = config["applications"][0]["deployments"]
+        assert (deployment["max_ongoing_requests"], deployment["max_queued_requests"]) == (
+            MAX_ONGOING_REQUESTS, MAX_QUEUED_REQUESTS), name
+
+
 def test_triton_manifest_serves_the_backend_the_service_calls():
     docs = list(yaml.safe_load_all((DEPLOY / "triton" / "triton.yaml").read_text()))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
