@@ -175,7 +175,7 @@ def test_cross_validation_measures_the_prior_against_pam_on_the_same_splits(rng,
     # offsets with no shared linear structure (each rater a different non-linear taste): nothing to
     # borrow, and the verdict follows the measured mean whichever way it goes
     lone = []
-    for j in range(25):
+    for _ in range(25):
         x = rng.normal(size=(200, D))
         g = rng.uniform(1.5, 4.5, 200)
         w = rng.normal(size=D)
