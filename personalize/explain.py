@@ -348,6 +348,15 @@ def reasons(model, taste_: Taste, X, k: int = N_REASONS, content: list[list[str]
             for r, w in zip(top.tolist(), vals.tolist(), strict=True)]
 
 
+def average_partial_effect(gradients, x) -> np.ndarray:
+    """Per-row gradients [n, 20] of any offset function with respect to the raw features x [n, 20]
+    (attributes, content probabilities) -> the effects in `taste().effect`'s units: content
+    centred along the simplex, averaged over the rows, times each feature's s.d. over them."""
+    x = np.asarray(x, dtype=np.float64)
+    grad = _centre_content(np.array(gradients, dtype=np.float64), x)
+    return grad.mean(0) * x.std(0)
+
+
 def true_taste(attribute_weights, content_weights, X_album) -> np.ndarray:
     """A linear taste offset = a . attribute_weights + c . content_weights in the same units as
     `taste().effect` (score per album s.d., content centred): the reference a recovered taste is
@@ -357,5 +366,4 @@ def true_taste(attribute_weights, content_weights, X_album) -> np.ndarray:
     x = X_album[:, :-1]
     w = np.concatenate([np.asarray(attribute_weights, np.float64).ravel(),
                         np.asarray(content_weights, np.float64).ravel()])
-    grad = _centre_content(np.repeat(w[None], x.shape[0], axis=0), x)
-    return grad.mean(0) * x.std(0)
+    return average_partial_effect(np.repeat(w[None], x.shape[0], axis=0), x)

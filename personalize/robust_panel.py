@@ -30,6 +30,8 @@ normal: rho_S = 6/pi * asin(r/2)); tests/personalize/test_robust_panel.py pins a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from personalize.features import ATTRIBUTE_NAMES, N_ATTRIBUTES, N_CONTENT
@@ -95,8 +97,58 @@ def _robust_properties(config: PanelConfig, rng: np.random.Generator, sigma_e: f
     return props, true_attr, x_true
 
 
-def _robust_raters(rng, x_true: np.ndarray, shared: np.ndarray, n_workers: int, n_tw: int, n_te: int, deviation: float) -> Raters:
+@dataclass(frozen=True)
+class RobustTaste:
+    """Every rater's true personal taste on the robustness panel, a function of the standardized
+    true x (1. in the module docstring): sd_t (a w_lin . x + b w_nl . basis(x)), where basis(x) is
+    tanh(x P) less its least-squares linear part over the panel's images, standardized. Called as
+    taste(worker_idx, image_idx) it is the rater model's taste term (on the panel's images, from
+    the precomputed basis); `offset` and `gradient` evaluate it, and its exact derivative, at any x."""
+
+    x_raw: np.ndarray  # [images, 20]: the true attributes and the content probabilities
+    x_true: np.ndarray  # [images, 20]: x_raw standardized over the panel's images
+    proj: np.ndarray  # P [20, N_PROJECTIONS]
+    linear_part: np.ndarray  # [21, N_PROJECTIONS]: intercept and slopes removed from each tanh
+    basis_mean: np.ndarray  # [N_PROJECTIONS]
+    basis_sd: np.ndarray  # [N_PROJECTIONS]
+    basis: np.ndarray  # [images, N_PROJECTIONS]: basis(x_true)
+    w_lin: np.ndarray  # [workers, 20]
+    w_nl: np.ndarray  # [workers, N_PROJECTIONS]
+    sd_t: float
+    linear_weight: float  # a = sqrt(1 - NONLINEAR_TASTE)
+    nonlinear_weight: float  # b = sqrt(NONLINEAR_TASTE)
+
+    def __call__(self, worker: np.ndarray, image: np.ndarray) -> np.ndarray:
+        return self.sd_t * (self.linear_weight * np.einsum("ij,ij->i", self.w_lin[worker], self.x_true[image])
+                            + self.nonlinear_weight * np.einsum("ij,ij->i", self.w_nl[worker], self.basis[image]))
+
+    def _basis(self, x: np.ndarray) -> np.ndarray:
+        resid = np.tanh(x @ self.proj) - self.linear_part[0] - x @ self.linear_part[1:]
+        return (resid - self.basis_mean) / self.basis_sd
+
+    def offset(self, worker: int, x: np.ndarray) -> np.ndarray:
+        """Worker `worker`'s taste at standardized true inputs x [n, 20] (any x, not only the panel's)."""
+        return self.sd_t * (self.linear_weight * (x @ self.w_lin[worker])
+                            + self.nonlinear_weight * (self._basis(x) @ self.w_nl[worker]))
+
+    def gradient(self, worker: int, x: np.ndarray) -> np.ndarray:
+        """d offset / d x [n, 20] at standardized true inputs x [n, 20], analytically:
+        d basis_m / dx = (sech^2(x . P_m) P_m - slopes_m) / sd_m."""
+        sech2 = 1.0 - np.tanh(x @ self.proj) ** 2  # [n, M]
+        v = self.w_nl[worker] / self.basis_sd  # [M]
+        nonlinear = (sech2 * v) @ self.proj.T - self.linear_part[1:] @ v  # [n, 20]
+        return self.sd_t * (self.linear_weight * self.w_lin[worker] + self.nonlinear_weight * nonlinear)
+
+    def raw_gradient(self, worker: int, image: np.ndarray) -> np.ndarray:
+        """d offset / d x_raw [n, 20] at the panel's images: per unit of the true attribute and of
+        the content probability (the units personalize.explain differentiates in)."""
+        return self.gradient(worker, self.x_true[image]) / self.x_raw.std(0)
+
+
+def _robust_raters(rng, x_raw: np.ndarray, shared: np.ndarray, n_workers: int, n_tw: int, n_te: int,
+                   deviation: float) -> Raters:
     sd_b, sd_t, sd_n = (deviation * np.sqrt(s) for s in (BIAS_SHARE, TASTE_SHARE, NOISE_SHARE))
+    x_true = _standardize_columns(x_raw)
     d = x_true.shape[1]
     bias = rng.normal(0, sd_b, n_workers)
     # 1. the taste's two parts, each of unit variance over images
@@ -104,7 +156,10 @@ def _robust_raters(rng, x_true: np.ndarray, shared: np.ndarray, n_workers: int, 
     basis = np.tanh(x_true @ proj)  # [images, N_PROJECTIONS]
     # keep only what no linear function of x explains, so that the non-linear half is non-linear
     design = np.hstack([np.ones((x_true.shape[0], 1)), x_true])
-    basis = _standardize_columns(basis - design @ np.linalg.lstsq(design, basis, rcond=None)[0])
+    linear_part = np.linalg.lstsq(design, basis, rcond=None)[0]
+    resid = basis - design @ linear_part
+    basis_mean, basis_sd = resid.mean(0), resid.std(0)
+    basis = _standardize_columns(resid)
     # 3. clusters (5. with a shifted mix for the test raters)
     centres_lin = rng.normal(size=(N_CLUSTERS, d))
     centres_nl = rng.normal(size=(N_CLUSTERS, N_PROJECTIONS))
@@ -119,11 +174,8 @@ def _robust_raters(rng, x_true: np.ndarray, shared: np.ndarray, n_workers: int, 
     nl_sd = np.sqrt(np.mean(np.var(basis @ w_nl[:n_tw + n_te].T, axis=0)))
     w_lin /= lin_sd
     w_nl /= nl_sd
-    a, b = np.sqrt(1 - NONLINEAR_TASTE), np.sqrt(NONLINEAR_TASTE)
-
-    def taste(worker: np.ndarray, image: np.ndarray) -> np.ndarray:
-        return sd_t * (a * np.einsum("ij,ij->i", w_lin[worker], x_true[image])
-                       + b * np.einsum("ij,ij->i", w_nl[worker], basis[image]))
+    taste = RobustTaste(x_raw, x_true, proj, linear_part, basis_mean, basis_sd, basis, w_lin, w_nl, sd_t,
+                        float(np.sqrt(1 - NONLINEAR_TASTE)), float(np.sqrt(NONLINEAR_TASTE)))
 
     def rate(worker: np.ndarray, image: np.ndarray) -> np.ndarray:
         latent = shared[image] + bias[worker] + taste(worker, image) + rng.normal(0, sd_n, image.size)
@@ -139,10 +191,10 @@ def simulate_robust_panel(config: PanelConfig = PANEL, *, deviation: float = DEV
     """The robustness panel (seeded by config.seed). `deviation` and `sigma_e` are arguments only
     for `calibrate_robust`."""
     rng = np.random.default_rng([STREAM, config.seed])
-    props, _, x_true = _robust_properties(config, rng, sigma_e)
-
+    props, true_attr, _ = _robust_properties(config, rng, sigma_e)
+    x_raw = np.hstack([true_attr, props.content])
     return assemble_panel(config, rng, props, lambda n_workers, n_tw, n_te: _robust_raters(
-        rng, x_true, props.shared_quality, n_workers, n_tw, n_te, deviation))
+        rng, x_raw, props.shared_quality, n_workers, n_tw, n_te, deviation))
 
 
 def robust_statistics(panel: Panel) -> dict:

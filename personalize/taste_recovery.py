@@ -1,15 +1,23 @@
 """Does the explained taste match the taste a simulated worker really has? (`pam eval explain`)
 
-For each test worker of a simulated panel (whose true taste weights are known: u over the
-attributes, z over the content, personalize.simulate) and each number of ratings k, k of the
-worker's rated photos are drawn (seeded, the same draws for every method), PAM is fit on them and
-its taste (personalize.explain, over the worker's photos) is compared with the true taste in the
-same units (score per s.d., content centred along the simplex; explain.true_taste) by Spearman's
-rank correlation over the 20 features. Beside it:
+For each test worker of a simulated panel and each number of ratings k, k of the worker's rated
+photos are drawn (seeded, the same draws for every method), PAM is fit on them and its taste
+(personalize.explain, over the worker's photos) is compared with the worker's true taste in the
+same units (the average partial effect over the worker's photos, score per s.d., content centred
+along the simplex) by Spearman's rank correlation over the 20 features. The true taste:
+
+- default panel (personalize.simulate): linear in x, from the worker's weights u over the
+  attributes and z over the content (explain.true_taste);
+- robustness panel (personalize.robust_panel): non-linear in the TRUE x, so the average partial
+  effect of the worker's exact offset function (RobustTaste, differentiated analytically) over
+  the worker's photos, per s.d. of the true attribute (the model only sees noisy copies).
+
+Beside PAM's:
 
 - oracle: PAM fit on the same k photos with noise-free ratings, the generic score plus the
-  worker's visible taste only (no bias, no noise, no hidden-style taste, no generic-score error):
-  how much of the truth the model and its explanation can recover from k photos at best;
+  worker's visible taste only (no bias, no noise, no hidden-style taste, no generic-score error;
+  on the robustness panel the whole taste, which lies on the true x): how much of the truth the
+  model and its explanation can recover from k photos at best;
 - permutation: the recovered taste against the true taste shuffled over the 20 features (the
   null distribution of the correlation, mean about 0).
 
@@ -25,6 +33,7 @@ import numpy as np
 from personalize import explain
 from personalize.metrics import spearman_rho
 from personalize.pam import PAM
+from personalize.robust_panel import RobustTaste
 
 METHODS = ("pam", "oracle", "permutation")
 
@@ -58,10 +67,16 @@ def worker_inputs(panel, worker_id: str, data=None, fm=None) -> tuple[np.ndarray
     images, scores = data.worker_ratings(worker_id)
     rows = fm.rows(images)
     X = fm.X(rows)
-    worker = panel.workers[worker_id]
-    truth = explain.true_taste(worker["attribute_taste"], worker["content_taste"], X)
-    y_oracle = np.clip(X[:, -1] + _true_offsets(panel, fm.attributes[rows], fm.content[rows], worker), 1.0, 5.0)
-    return X, scores.astype(np.float64), y_oracle, truth
+    taste_fn = panel.raters.taste if panel.raters is not None else None
+    if isinstance(taste_fn, RobustTaste):
+        index = panel.worker_index[worker_id]
+        truth = explain.average_partial_effect(taste_fn.raw_gradient(index, rows), taste_fn.x_raw[rows])
+        offsets = taste_fn(np.full(rows.size, index), rows)
+    else:
+        worker = panel.workers[worker_id]
+        truth = explain.true_taste(worker["attribute_taste"], worker["content_taste"], X)
+        offsets = _true_offsets(panel, fm.attributes[rows], fm.content[rows], worker)
+    return X, scores.astype(np.float64), np.clip(X[:, -1] + offsets, 1.0, 5.0), truth
 
 
 def worker_recovery(X: np.ndarray, y: np.ndarray, y_oracle: np.ndarray, truth: np.ndarray, ks: Sequence[int],

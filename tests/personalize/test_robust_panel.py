@@ -62,3 +62,35 @@ def test_seeded_and_distinct_from_the_default_panel():
     a, b = R.simulate_robust_panel(small), R.simulate_robust_panel(small)
     assert np.array_equal(a.ratings.scores, b.ratings.scores)
     assert not np.array_equal(a.properties.aes_score, simulate_panel(small).properties.aes_score)
+
+
+def test_the_panel_is_frozen(panel):
+    """Seed 0's ratings, byte for byte as they were when the panel was committed (a refactor of
+    the generator must leave every number as it was)."""
+    import hashlib
+
+    r = panel.ratings
+    digest = hashlib.sha256()
+    for column in (r.workers, r.images, r.scores.astype(np.int8)):
+        digest.update("\n".join(map(str, column.tolist())).encode())
+    assert r.scores.size == 196_425 and r.scores.sum() == 587_539
+    assert digest.hexdigest() == "5980811fa2c65f7219e6a6694fb3ed9e2b340e88c620a536a1d68f626535bf2a"
+    assert panel.properties.aes_score.sum() == pytest.approx(119926.78433737246, rel=1e-12)
+    np.testing.assert_allclose(panel.true_taste(panel.test_workers[0], panel.properties.image_ids[:5]),
+                               [0.34332402, 0.66253086, 0.07487146, -0.1347505, -0.09974019], atol=1e-8)
+
+
+def test_the_taste_function_and_its_exact_derivative(panel):
+    taste = panel.raters.taste
+    rows = np.random.default_rng(1).choice(taste.x_true.shape[0], 200, replace=False)
+    for w in (0, 50, 200):
+        x = taste.x_true[rows]
+        # at the panel's images it is the rater model's taste term
+        np.testing.assert_allclose(taste.offset(w, x), taste(np.full(rows.size, w), rows), atol=1e-12)
+        # the analytic gradient is the central difference of the exact function, also off the panel's images
+        for at in (x, x + np.random.default_rng(w).normal(0, 0.5, x.shape)):
+            h = 1e-5
+            fd = np.stack([(taste.offset(w, at + h * e) - taste.offset(w, at - h * e)) / (2 * h) for e in np.eye(20)], 1)
+            np.testing.assert_allclose(taste.gradient(w, at), fd, atol=1e-8)
+        # non-linear: the gradient varies from photo to photo (a linear taste's would be constant)
+        assert taste.gradient(w, x).std(0).mean() > 0.1 * np.abs(taste.gradient(w, x).mean(0)).mean()
