@@ -305,19 +305,21 @@ def _plot_active(result, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.2, 4.0))
+    fig, ax = plt.subplots(figsize=(7.8, 4.0))
+    strategies = list(dict.fromkeys(c["strategy"] for c in result["curves"].values()))
+    colours = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(strategies)}  # one colour per strategy
     for name, c in result["curves"].items():
         mean, sd = np.asarray(c["mean"]), np.asarray(c["std_over_trials"])
         ours = c["strategy"] == "posterior" or c["strategy"] == "active-pam"
-        ax.plot(result["budgets"], mean, marker="o", ms=3, lw=2.2 if ours else 1.0,
+        ax.plot(result["budgets"], mean, marker="o", ms=3, lw=2.2 if ours else 1.0, color=colours[c["strategy"]],
                 ls="-" if c["model"] == "Prior-PAM" else ":", label=name)
-        ax.fill_between(result["budgets"], mean - sd, mean + sd, alpha=0.08)
+        ax.fill_between(result["budgets"], mean - sd, mean + sd, alpha=0.08, color=colours[c["strategy"]])
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xlabel("images rated by the user")
     ax.set_ylabel("correlation improvement")
     scored = f"held-out {result['holdout']:.0%}" if result.get("holdout") else "images not yet rated"
     ax.set_title(f"Active learning ({result['trials']} trials; scored on {scored})", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
