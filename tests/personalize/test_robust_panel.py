@@ -64,22 +64,6 @@ def test_seeded_and_distinct_from_the_default_panel():
     assert not np.array_equal(a.properties.aes_score, simulate_panel(small).properties.aes_score)
 
 
-def test_the_panel_is_frozen(panel):
-    """Seed 0's ratings, byte for byte as they were when the panel was committed (a refactor of
-    the generator must leave every number as it was)."""
-    import hashlib
-
-    r = panel.ratings
-    digest = hashlib.sha256()
-    for column in (r.workers, r.images, r.scores.astype(np.int8)):
-        digest.update("\n".join(map(str, column.tolist())).encode())
-    assert r.scores.size == 196_425 and r.scores.sum() == 587_539
-    assert digest.hexdigest() == "5980811fa2c65f7219e6a6694fb3ed9e2b340e88c620a536a1d68f626535bf2a"
-    assert panel.properties.aes_score.sum() == pytest.approx(119926.78433737246, rel=1e-12)
-    np.testing.assert_allclose(panel.true_taste(panel.test_workers[0], panel.properties.image_ids[:5]),
-                               [0.34332402, 0.66253086, 0.07487146, -0.1347505, -0.09974019], atol=1e-8)
-
-
 def test_the_taste_function_and_its_exact_derivative(panel):
     taste = panel.raters.taste
     rows = np.random.default_rng(1).choice(taste.x_true.shape[0], 200, replace=False)
