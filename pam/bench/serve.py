@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from pam.bench.measure import seconds_summary
 from serving.cluster.ports import free_port_block
 
 HELP = "re-rank through Ray Serve vs library call vs echo (wrk); many users; rating round trip"
@@ -102,14 +103,6 @@ def zipf_users(n_users: int, n_requests: int, s: float = 1.1, seed: int = 2) -> 
     return [f"u{r}" for r in ranks]
 
 
-def _percentiles(samples_s: list[float]) -> dict:
-    import numpy as np
-
-    ms = np.asarray(samples_s) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "n": len(ms)}
-
-
 # ---------------------------------------------------------------- 1, 3, 4 in-process
 def library_figures(config: dict, candidates: list[str], n_users: int, cache: int, quick: bool) -> dict:
     import numpy as np
@@ -147,7 +140,7 @@ def library_figures(config: dict, candidates: list[str], n_users: int, cache: in
             t = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t)
-        return _percentiles(out)
+        return seconds_summary(out)
 
     result = library_call()
     model = models.get(key)
@@ -196,8 +189,8 @@ def library_figures(config: dict, candidates: list[str], n_users: int, cache: in
         (miss_times if many.loads > loads else hit_times).append(time.perf_counter() - t)
     total = len(sequence)
     lib["many_users"] = {"users": n_users, "requests": total, "cache_per_replica": cache, "zipf_s": 1.1,
-                         "hit_rate": len(hit_times) / total, "all": _percentiles(hit_times + miss_times),
-                         "hits": _percentiles(hit_times), "misses_incl_reload": _percentiles(miss_times)}
+                         "hit_rate": len(hit_times) / total, "all": seconds_summary(hit_times + miss_times),
+                         "hits": seconds_summary(hit_times), "misses_incl_reload": seconds_summary(miss_times)}
 
     # rating -> next suggestion, for one user
     rounds = []
@@ -209,7 +202,7 @@ def library_figures(config: dict, candidates: list[str], n_users: int, cache: in
         suggestion = svc.next_photos(m, 1)["image_ids"][0]
         svc.add_ratings("default", ROUND_TRIP_USER, [{"image_id": suggestion, "score": 1 + step % 5}], None)
         rounds.append(time.perf_counter() - t)
-    lib["round_trip"] = _percentiles(rounds)
+    lib["round_trip"] = seconds_summary(rounds)
     svc.close()
     return lib
 
@@ -515,7 +508,7 @@ def _round_trip_http(base: str, params: dict) -> dict:
         session.post(f"{base}/v1/users/{ROUND_TRIP_USER}/ratings", timeout=30, json={
             "ratings": [{"image_id": suggestion["image_ids"][0], "score": 1 + step % 5}]}).raise_for_status()
         samples.append(time.perf_counter() - t)
-    return _percentiles(samples)
+    return seconds_summary(samples)
 
 
 def _run_session(params: dict) -> dict:
