@@ -125,7 +125,7 @@ async def _run(host: str, port: int, requests: Sequence[bytes], times: list[floa
             else:
                 await pool.give(conn)
             if on_reply is not None:
-                on_reply(status, headers)
+                on_reply(k, status, headers, (done - scheduled) * 1e3)
             records.append((status, (done - scheduled) * 1e3, (done - sent) * 1e3, (began - scheduled) * 1e3))
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
             if conn is not None:

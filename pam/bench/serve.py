@@ -360,6 +360,10 @@ def serve_session(params: dict) -> dict:
     """One Serve mode, in this (fresh) process: deploy echo, pam, naive; wrk them."""
     if params["mode"] == "overload":
         return overload_session(params)
+    if params["mode"] == "hotuser":
+        from pam.bench.serve_hot import hot_user_session
+
+        return hot_user_session(params)
     if params["mode"] == "upload":
         from pam.bench.serve_upload import upload_session
 

@@ -1,9 +1,9 @@
 """`pam bench serve --modes upload`: the replica's memory while it takes 24-megapixel uploads.
 
 One replica behind Serve's proxy, with a feature model, gets a 6000x4000 JPEG, then the same as a
-PNG, then six PNGs at once; the replica process's resident memory (found through Ray's state
-API) is sampled every 10 ms: before, peak and a few seconds after each. Target: growth <= 300 MB
-and back to the baseline after.
+PNG, then six of each at once; the replica process's resident memory (the driver's descendant
+titled ray::ServeReplica:pam:pam) is sampled every 10 ms: before, peak and a few seconds after
+each. Target: growth <= 300 MB and back to the baseline after.
 """
 
 from __future__ import annotations
@@ -50,14 +50,33 @@ def big_photo(fmt: str, size: tuple[int, int] = MEGAPIXEL_SIZE, seed: int = 0) -
 
 
 def replica_pids(deployment: str = "pam", timeout_s: float = 60.0) -> list[int]:
-    """Process ids of a Serve deployment's live replicas (Ray's state API)."""
-    from ray.util.state import list_actors
+    """Process ids of a Serve deployment's live replicas in the Ray this process started: its
+    descendants (Ray's workers are the raylet's children) titled ray::ServeReplica:<app>:<name>."""
+    import os
 
     deadline = time.time() + timeout_s
     while True:
-        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
-        pids = sorted(a.pid for a in actors if a.class_name.startswith("ServeReplica:") and
-                      a.class_name.split(":")[-2] == deployment and a.pid)
+        parents, titles = {}, {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                status = Path(f"/proc/{entry.name}/status").read_text()
+                titles[int(entry.name)] = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")[0].decode().strip()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(next(line.split()[1] for line in status.splitlines()
+                                                if line.startswith("PPid:")))
+
+        def mine(pid: int, parents=parents) -> bool:
+            while pid > 1:
+                pid = parents.get(pid, 0)
+                if pid == os.getpid():
+                    return True
+            return False
+
+        pids = sorted(pid for pid, title in titles.items()
+                      if title.startswith("ray::ServeReplica:") and title.endswith(f":{deployment}") and mine(pid))
         if pids or time.time() > deadline:
             return pids
         time.sleep(0.5)
@@ -142,7 +161,7 @@ def upload_session(params: dict) -> dict:
         serve.run(build_app(config), name="pam", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         pid = replica_pids("pam")[0]
-        out["replica_pid_found_by"] = "ray.util.state.list_actors"
+        out["replica_pid"] = pid
         # warm: the model, Pillow's codecs and the multipart parser are loaded before "before"
         small = big_photo("JPEG", (640, 480), seed=1)
         requests.post(f"{url}/v1/photos", files=[("files", ("warm.jpg", small, "image/jpeg"))],
