@@ -76,7 +76,8 @@ def replica_pids(deployment: str = "pam", timeout_s: float = 60.0) -> list[int]:
             return False
 
         pids = sorted(pid for pid, title in titles.items()
-                      if title.startswith("ray::ServeReplica:") and title.endswith(f":{deployment}") and mine(pid))
+                      if title.startswith("ray::ServeReplica:")
+                      and title.split(".", 1)[0].endswith(f":{deployment}") and mine(pid))
         if pids or time.time() > deadline:
             return pids
         time.sleep(0.5)

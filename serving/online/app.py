@@ -548,6 +548,9 @@ def _deployment():
     @serve.ingress()
     class PamDeployment:
         def __init__(self, config: dict):
+            from serving.cluster.memory import return_freed_memory
+
+            return_freed_memory()  # big uploads' buffers go back to the system once freed
             self.service = PersonalizationService(config)
             service = self.service
 
