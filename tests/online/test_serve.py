@@ -124,6 +124,9 @@ def test_a_hot_user_spreads_over_both_replicas(serve_env):
     call("POST", "/v1/users/hot/album", json={"image_ids": env["ids"][:20]})
     call("POST", "/v1/users/hot/ratings", json={"ratings": [{"image_id": i, "score": 1 + j % 5}
                                                             for j, i in enumerate(env["ids"][:8])]})
+    # the user's model on one replica first, and Serve's routers told so (as for a user who was quiet)
+    call("POST", "/v1/users/hot/rerank", json={"candidates": env["ids"][:40]}, headers={"serve_multiplexed_model_id": "hot"})
+    time.sleep(3)
     replies: list[tuple[int, str | None]] = []
 
     def client():
