@@ -4,7 +4,8 @@ Arrivals are scheduled up front (constant rate or Poisson) and each request's la
 its scheduled time, so a client or server that falls behind shows as latency instead of a lower
 offered rate (no coordinated omission). Raw HTTP/1.1 over asyncio streams with a keep-alive
 connection pool: a few tens of microseconds of client CPU per request. The generator also says
-whether it kept up: achieved vs target send rate and how late sends left.
+whether it kept up: achieved vs target send rate and how late sends left. `closed_loop` is the
+same client with a fixed number of connections, each waiting for its reply.
 """
 
 from __future__ import annotations
@@ -184,3 +185,53 @@ def open_loop(url_host: str, port: int, requests: Sequence[bytes], rate: float, 
         "peak_connections": raw["peak_connections"],
         "wall_s": round(wall, 3),
     }
+
+
+async def _closed(host: str, port: int, requests: Sequence[bytes], connections: int, seconds: float,
+                  timeout_s: float, on_reply) -> list[tuple]:
+    loop = asyncio.get_running_loop()
+    stop = loop.time() + seconds
+    records: list[tuple] = []
+    turn = iter(range(1 << 62))
+
+    async def worker():
+        conn = None
+        while loop.time() < stop:
+            k = next(turn)
+            sent = loop.time()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    if conn is None:
+                        conn = await asyncio.open_connection(host, port, limit=1 << 22)
+                    conn[1].write(requests[k % len(requests)])
+                    status, headers = await _read_reply(conn[0])
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+                if conn is not None:
+                    conn[1].close()
+                conn = None
+                records.append((type(exc).__name__, (loop.time() - sent) * 1e3))
+                continue
+            ms = (loop.time() - sent) * 1e3
+            if headers.get("connection", "").lower() == "close":
+                conn[1].close()
+                conn = None
+            if on_reply is not None:
+                on_reply(k, status, headers, ms)
+            records.append((status, ms))
+        if conn is not None:
+            conn[1].close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return records
+
+
+def closed_loop(host: str, port: int, requests: Sequence[bytes], connections: int, seconds: float,
+                timeout_s: float = 10.0, on_reply=None) -> dict:
+    """`connections` clients, each sending its next request when the last reply is in (requests
+    taken in turn from `requests`), for `seconds`: replies per second by status, latency of 2xx."""
+    records = asyncio.run(_closed(host, port, requests, connections, seconds, timeout_s, on_reply))
+    statuses = Counter(str(status) for status, _ in records)
+    ok = [ms for status, ms in records if isinstance(status, int) and 200 <= status < 300]
+    return {"connections": connections, "seconds": seconds, "requests": len(records),
+            "goodput_rps": round(len(ok) / seconds, 2), "statuses": dict(sorted(statuses.items())),
+            "accepted": latency_summary(ok)}

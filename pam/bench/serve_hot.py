@@ -35,8 +35,10 @@ def mixed_requests(port: int, body: bytes, hot: str, users: int, n: int = 2000, 
     return requests, who
 
 
-def _measure(port: int, requests: list, who: list, hot: str, rate: float, seconds: float) -> dict:
-    from pam.bench.open_loop import open_loop
+def _measure(port: int, requests: list, who: list, hot: str, rate: float, seconds: float,
+             connections: int = 0) -> dict:
+    """Open loop at `rate`, or closed loop over `connections` when given."""
+    from pam.bench.open_loop import closed_loop, open_loop
     from serving.online.app import REPLICA_HEADER
 
     per_replica: dict[str, Counter] = defaultdict(Counter)
@@ -50,10 +52,15 @@ def _measure(port: int, requests: list, who: list, hot: str, rate: float, second
             latency[kind].append(ms)
             per_replica[headers.get(REPLICA_HEADER, "?")[:8]][kind] += 1
 
-    total = open_loop("127.0.0.1", port, requests, rate=rate, seconds=seconds, seed=11, on_reply=on_reply)
+    if connections:
+        total = closed_loop("127.0.0.1", port, requests, connections, seconds, on_reply=on_reply)
+        total["kept_up"] = True
+    else:
+        total = open_loop("127.0.0.1", port, requests, rate=rate, seconds=seconds, seed=11, on_reply=on_reply)
     replicas = {name: dict(counts) for name, counts in sorted(per_replica.items())}
     hot_counts = sorted((c.get("hot", 0) for c in per_replica.values()), reverse=True)
-    return {"offered_rps": round(rate, 1), "goodput_rps": total["goodput_rps"], "statuses": total["statuses"],
+    return {"offered_rps": round(rate, 1) if not connections else None, "connections": connections or None,
+            "goodput_rps": total["goodput_rps"], "statuses": total["statuses"],
             "kept_up": total["kept_up"], "replicas": replicas,
             "hot_share_on_busiest_replica": round(hot_counts[0] / max(sum(hot_counts), 1), 3) if hot_counts else None,
             "hot": {"statuses": dict(statuses["hot"]), **latency_summary(latency["hot"])},
@@ -96,6 +103,9 @@ def hot_user_session(params: dict) -> dict:
             http.post(url, data=body, timeout=60, headers={"serve_multiplexed_model_id": BENCH_USER}).raise_for_status()
             time.sleep(3)
             out[routing] = _measure(port, requests, who, BENCH_USER, rate=out["capacity_rps"], seconds=seconds)
+            # many requests in flight at once: 32 clients, each sending its next request on a reply
+            out[f"{routing}_closed_32"] = _measure(port, requests, who, BENCH_USER, rate=0, seconds=seconds,
+                                                   connections=32)
             time.sleep(1)
     finally:
         serve.shutdown()
@@ -107,13 +117,15 @@ def render_hot(res: dict) -> list[str]:
     lines = [f"  {res['hot_share']:.0%} of re-ranks from one user, the rest from {res['background_users']} users, "
              f"Poisson at {res['capacity_rps']:.1f}/s (one user's closed-loop req/s at 8 conns); the hot user's model "
              "on one replica at the start"]
-    for routing in ROUTERS:
+    for routing in [*ROUTERS, *(f"{r}_closed_32" for r in ROUTERS)]:
         r = res.get(routing)
         if r is None:
             continue
+        if routing == f"{ROUTERS[0]}_closed_32":
+            lines.append("  the same mix from 32 connections in a closed loop:")
         spread = ", ".join(f"{name}: {c.get('hot', 0)} hot + {c.get('others', 0)} others"
                            for name, c in r["replicas"].items())
-        lines.append(f"    {routing:<9} goodput {r['goodput_rps']:.1f}/s {r['statuses']}; per replica {spread}; "
+        lines.append(f"    {routing.split('_')[0]:<9} goodput {r['goodput_rps']:.1f}/s {r['statuses']}; per replica {spread}; "
                      f"hot user's share on its busiest replica {r['hot_share_on_busiest_replica']}")
         lines.append(f"    {'':<9} hot user p50 {r['hot']['p50_ms'] or 0:.1f} / p99 {r['hot']['p99_ms'] or 0:.1f} ms, "
                      f"others p50 {r['others']['p50_ms'] or 0:.1f} / p99 {r['others']['p99_ms'] or 0:.1f} ms")

@@ -93,3 +93,17 @@ def test_a_refused_connection_is_an_error_not_a_hang():
                   timeout_s=5)
     assert r["requests"] == 4 and r["goodput_rps"] == 0
     assert sum(r["statuses"].values()) == 4 and not set(r["statuses"]) & {"200", "503", "429"}
+
+
+def test_closed_loop_keeps_one_request_per_connection_in_flight():
+    from pam.bench.open_loop import closed_loop
+
+    seen = []
+    with SlowServer(0.05) as server:
+        request = http_request("POST", "/ok", "127.0.0.1", b"{}")
+        r = closed_loop("127.0.0.1", server.port, [request], connections=2, seconds=0.5,
+                        on_reply=lambda k, status, headers, ms: seen.append((k, status)))
+    # each connection waits >= 50 ms per reply: at most 2 x (0.5 / 0.05 + 1) requests in 0.5 s
+    assert 2 <= r["requests"] <= 22 and r["statuses"] == {"200": r["requests"]}
+    assert sorted(k for k, _ in seen) == list(range(r["requests"]))
+    assert r["accepted"]["p50_ms"] >= 49
