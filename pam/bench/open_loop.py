@@ -106,7 +106,8 @@ class _Pool:
 async def _run(host: str, port: int, requests: Sequence[bytes], times: list[float], max_connections: int,
                timeout_s: float, on_reply=None) -> dict:
     pool = _Pool(host, port, max_connections)
-    records: list[tuple] = []  # (status or error name, ms from schedule, ms from send, generator lag ms)
+    # (status or error name, ms from schedule, ms from send, generator lag ms, s from start to the end)
+    records: list[tuple] = []
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.05
 
@@ -127,11 +128,12 @@ async def _run(host: str, port: int, requests: Sequence[bytes], times: list[floa
                 await pool.give(conn)
             if on_reply is not None:
                 on_reply(k, status, headers, (done - scheduled) * 1e3)
-            records.append((status, (done - scheduled) * 1e3, (done - sent) * 1e3, (began - scheduled) * 1e3))
+            records.append((status, (done - scheduled) * 1e3, (done - sent) * 1e3, (began - scheduled) * 1e3, done - start))
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
             if conn is not None:
                 await pool.drop(conn)
-            records.append((type(exc).__name__, (loop.time() - scheduled) * 1e3, None, (began - scheduled) * 1e3))
+            records.append((type(exc).__name__, (loop.time() - scheduled) * 1e3, None, (began - scheduled) * 1e3,
+                            loop.time() - start))
 
     tasks = []
     for k, at in enumerate(times):
@@ -149,7 +151,7 @@ def open_loop(url_host: str, port: int, requests: Sequence[bytes], rate: float, 
               poisson: bool = True, seed: int = 0, max_connections: int = 512, timeout_s: float = 10.0,
               on_reply=None) -> dict:
     """Offer `rate` requests/s for `seconds` (requests taken in turn from `requests`) and summarize:
-    goodput (2xx/s over the offered span), status counts (200, 429, 503, other, plus client
+    goodput (2xx replies per second from the start to the last reply), status counts (200, 429, 503, other, plus client
     errors by name), latency of accepted requests from their scheduled time, how fast the rejected
     ones were answered, and whether the generator kept up (achieved vs target send rate)."""
     times = arrivals(rate, seconds, poisson, seed)
@@ -168,9 +170,12 @@ def open_loop(url_host: str, port: int, requests: Sequence[bytes], rate: float, 
     ok = [r for r in records if isinstance(r[0], int) and 200 <= r[0] < 300]
     shed = [r for r in records if r[0] in (429, 503)]
     lags = [r[3] for r in records]
-    span = max(seconds, times[-1])
+    # the 2xx replies over the time from the first arrival to the last reply: replies that queue
+    # past the offered span count at the rate they were really served
+    span = max(seconds, max(r[4] for r in records))
     return {
-        "target_rate_per_s": round(rate, 2), "poisson": poisson, "seconds": round(span, 3),
+        "target_rate_per_s": round(rate, 2), "poisson": poisson, "offered_s": seconds,
+        "seconds_to_last_reply": round(span, 3),
         "requests": len(records),
         "scheduled": len(times),
         "achieved_rate_per_s": round(len(times) / max(raw["dispatch_s"], seconds, 1e-9), 2),

@@ -84,7 +84,7 @@ def test_statuses_are_counted_and_the_rejected_are_timed_apart():
     assert r["requests"] == 60
     assert r["statuses"] == {"200": 20, "503": 40}
     assert r["accepted"]["n"] == 20 and r["rejected"]["n"] == 40
-    assert r["goodput_rps"] == pytest.approx(20 / 0.4)
+    assert r["goodput_rps"] == pytest.approx(20 / 0.4, rel=0.1)  # over the time to the last reply
     assert set(r) >= {"achieved_rate_per_s", "send_lag_ms", "late_sends", "kept_up"}
 
 
