@@ -6,8 +6,9 @@ full (max_ongoing_requests, kept high here so that slow request bodies never blo
 busy user therefore piles onto one replica, which sheds the excess with 503 while the others idle.
 
 SpilloverRouter keeps the affinity while a holder of the model has fewer than `spill_at` requests
-in flight (as this router counts them), and otherwise routes like the default does without a
-model: the less loaded of two replicas picked at random. The model then loads on that replica
+in flight (as this router counts them), and otherwise sends the request to a replica with fewer in
+flight than the least busy holder (of two such picked at random, the less loaded), or, when there
+is none, to the less loaded of any two. The model then loads on that replica
 too, so a hot user's requests spread over as many replicas as it keeps busy, while a quiet user
 keeps one replica and its cached model.
 """
@@ -41,7 +42,15 @@ def spillover_ranks(replicas: list, model_id: str, in_flight, spill_at: int) -> 
         return [anywhere]
     holders = [r for r in replicas if model_id in r.multiplexed_model_ids]
     room = [r for r in holders if (in_flight(r) or 0) < spill_at]
-    return [two_choices(room), anywhere] if room else [anywhere]
+    if room:
+        return [two_choices(room), anywhere]
+    if not holders:
+        return [anywhere]
+    # spill to a replica with fewer in flight than the least busy holder (Serve's selection would
+    # otherwise keep a holder whose count it knows over a replica whose count it has to probe)
+    least = min(in_flight(r) or 0 for r in holders)
+    calmer = [r for r in replicas if model_id not in r.multiplexed_model_ids and (in_flight(r) or 0) < least]
+    return [two_choices(calmer), anywhere] if calmer else [anywhere]
 
 
 class SpilloverRouter(FIFOMixin, MultiplexMixin, RequestRouter):

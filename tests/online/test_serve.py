@@ -157,7 +157,10 @@ def test_spillover_ranks_keep_a_user_on_its_replicas_while_they_have_room():
     load = {"a": 3, "b": 0, "c": None}
     ranks = spillover_ranks([a, b, c], "hot", lambda r: load[r.replica_id], spill_at=8)
     assert {r.replica_id for r in ranks[0]} == {"a", "c"} and len(ranks) == 2 and len(ranks[1]) == 2
-    load.update(a=8, c=9)  # both holders busy: any two replicas
+    load.update(a=8, c=9)  # both holders busy: first the calmer replica that lacks the model
+    ranks = spillover_ranks([a, b, c], "hot", lambda r: load[r.replica_id], spill_at=8)
+    assert [r.replica_id for r in ranks[0]] == ["b"] and len(ranks[1]) == 2
+    load.update(b=8)  # no calmer one: any two
     ranks = spillover_ranks([a, b, c], "hot", lambda r: load[r.replica_id], spill_at=8)
     assert len(ranks) == 1 and len(ranks[0]) == 2
     assert spillover_ranks([a, b], "", lambda r: 0, 8) in ([[a, b]],)
