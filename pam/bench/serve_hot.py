@@ -89,7 +89,10 @@ def hot_user_session(params: dict) -> dict:
         url = f"http://127.0.0.1:{port}/v1/users/{BENCH_USER}/rerank"
         seconds = max(params["duration"], 3)
         for routing in ROUTERS:
-            serve.run(build_app({**params["config"], "num_replicas": 2, "routing": routing}), name="pam",
+            # an app of its own per router: a proxy builds a deployment's router once, and a
+            # redeploy under the same name would keep the first router
+            app = f"pam-{routing}"
+            serve.run(build_app({**params["config"], "num_replicas": 2, "routing": routing}), name=app,
                       route_prefix="/")
             if "capacity_rps" not in out:
                 # one background user, closed loop at 8 connections: the re-rank's req/s through
@@ -106,6 +109,7 @@ def hot_user_session(params: dict) -> dict:
             # many requests in flight at once: 32 clients, each sending its next request on a reply
             out[f"{routing}_closed_32"] = _measure(port, requests, who, BENCH_USER, rate=0, seconds=seconds,
                                                    connections=32)
+            serve.delete(app)
             time.sleep(1)
     finally:
         serve.shutdown()
