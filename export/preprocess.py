@@ -6,7 +6,7 @@ Imports Pillow and numpy only (serving images run it without torch). Steps, in o
 2. first frame of animations (GIF, APNG, WebP): Pillow opens on frame 0;
 3. JPEG draft mode: the DCT decoder scales by 1/2, 1/4 or 1/8 while it decodes, never below
    the target size, which is several times faster on large photos;
-4. EXIF orientation applied (a malformed EXIF block is ignored, not fatal);
+4. EXIF orientation applied in place (a malformed EXIF block is ignored, not fatal);
 5. 16-bit samples scaled to 8 bits (round(v / 257)); mode I is read as 16-bit, mode F as [0, 1];
 6. palette, colour-key and alpha transparency composited on white;
 7. any mode to RGB (Pillow's conversions: CMYK, YCbCr, LAB, HSV, 1, L, ...);
@@ -131,11 +131,13 @@ def _classify(exc: BaseException) -> DecodeError:
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a photo whose EXIF block is malformed keeps its pixels."""
+    """Apply the EXIF orientation in place (an upright photo's pixels are not copied: a copy of a
+    24-megapixel one is 96 MB more); a photo whose EXIF block is malformed keeps its pixels."""
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # Pillow raises many types on bad EXIF; the pixels are still good
-        return image
+        pass
+    return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

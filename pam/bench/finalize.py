@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pam.bench.measure import peak_rss_bytes, rss_bytes
+
 HELP = "finalizing a version of 1M / 5M rows: peak driver memory and time vs an in-memory build"
 
 
@@ -26,25 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, help="where to write the tables (default: a temporary directory)")
 
 
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _peak() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _finalize(root: str, memory_bytes: int) -> dict:
     from serving.feature_table import FeatureTable
 
     version = FeatureTable(root).version("bench-v1")
-    before = _rss()
+    before = rss_bytes()
     start = time.perf_counter()
     manifest = version.finalize("generated", rows_per_file=131072, memory_bytes=memory_bytes)
     seconds = time.perf_counter() - start
@@ -52,7 +40,7 @@ def _finalize(root: str, memory_bytes: int) -> dict:
 
     with pa.memory_map(f"{version.path}/_index.arrow") as source:
         batches = pa.ipc.open_file(source).num_record_batches
-    return {"seconds": seconds, "peak_growth_mb": (_peak() - before) / 1e6, "rows": manifest["rows"],
+    return {"seconds": seconds, "peak_growth_mb": (peak_rss_bytes() - before) / 1e6, "rows": manifest["rows"],
             "index_batches": batches}
 
 
@@ -62,12 +50,12 @@ def _in_memory(root: str) -> dict:
     from serving.feature_table import FeatureTable, index_table
 
     version = FeatureTable(root).version("bench-v1")
-    before = _rss()
+    before = rss_bytes()
     start = time.perf_counter()
     index = index_table(version.read(), "x", "bench-v1")
     with tempfile.TemporaryDirectory() as scratch, pa.ipc.new_file(f"{scratch}/index.arrow", index.schema) as out:
         out.write_table(index, max_chunksize=index.num_rows)
-    return {"seconds": time.perf_counter() - start, "peak_growth_mb": (_peak() - before) / 1e6}
+    return {"seconds": time.perf_counter() - start, "peak_growth_mb": (peak_rss_bytes() - before) / 1e6}
 
 
 def _in_child(fn, *args):

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from pam.bench.measure import latency_summary
 
 HELP = "search alone vs search + personalized re-rank over HTTP (windows 100-1,000), and the client's overhead"
 VERSION = "search-bench-0"
@@ -152,16 +153,6 @@ def wait_until_up(client, proc, timeout: float = 180) -> None:
 
 
 # ---------------------------------------------------------------- measurements
-def pct(values: list[float]) -> dict:
-    ordered = sorted(values)
-
-    def at(q):
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return {"p50_ms": round(at(0.5), 3), "p99_ms": round(at(0.99), 3), "mean_ms": round(statistics.fmean(values), 3),
-            "n": len(values)}
-
-
 def one_connection(search, queries: list[str], personal: bool) -> tuple[list[float], int]:
     latencies, personalized = [], 0
     for q in queries:
@@ -216,7 +207,7 @@ def open_loop(fn, queries: list[str], rate: float, seconds: float, seed: int) ->
             if delay > 0:
                 time.sleep(delay)
             pool.submit(run, k, at)
-    return {"rate_per_s": round(rate, 1), **pct(latencies)}
+    return {"rate_per_s": round(rate, 1), **latency_summary(latencies)}
 
 
 def client_overhead(url: str, ids: list[str], calls: int) -> dict:
@@ -259,7 +250,7 @@ def client_overhead(url: str, ids: list[str], calls: int) -> dict:
     client.close()
     raw_httpx.close()
     conn.close()
-    out = {name: pct(v) for name, v in times.items()}
+    out = {name: latency_summary(v) for name, v in times.items()}
     for ref in ("httpx by hand", "http.client by hand"):
         out[f"overhead_vs_{ref.split()[0]}_p50"] = round(out["pam.client"]["p50_ms"] / out[ref]["p50_ms"] - 1, 4)
     return out
@@ -304,7 +295,7 @@ def run(args: argparse.Namespace) -> dict:
                                        args.open_loop_s, seed=window)
                 open_both = open_loop(lambda q, s=search: s.search(q, USER), queries, rate, args.open_loop_s,
                                       seed=window)
-            a, b = pct(alone), pct(both)
+            a, b = latency_summary(alone), latency_summary(both)
             summary["windows"][str(window)] = {
                 "one_connection": {"search": a, "search_rerank": b,
                                    "added_p50_ms": round(b["p50_ms"] - a["p50_ms"], 3),

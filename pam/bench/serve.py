@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from pam.bench.measure import seconds_summary
 from serving.cluster.ports import free_port_block
 
 HELP = "re-rank through Ray Serve vs library call vs echo (wrk); many users; rating round trip"
@@ -49,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bulk", type=int, default=16, help="queries per bulk request")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating echo / re-rank pairs at 8 connections (the target's ratio: their median)")
-    parser.add_argument("--modes", default="proxy,direct,overload",
-                        help="Serve modes to measure: proxy, direct, overload (goodput at 8 and 64 connections)")
+    parser.add_argument("--modes", default="proxy,direct,overload,upload,hotuser",
+                        help="Serve modes to measure: proxy, direct, overload (closed loop at 8 and 64 connections, "
+                        "open loop at 0.5x and 2x capacity), upload (replica memory), hotuser (two replicas)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
     parser.add_argument("--plot", type=Path, help="write a PNG of req/s and p99 against connections")
 
@@ -102,14 +104,6 @@ def zipf_users(n_users: int, n_requests: int, s: float = 1.1, seed: int = 2) -> 
     return [f"u{r}" for r in ranks]
 
 
-def _percentiles(samples_s: list[float]) -> dict:
-    import numpy as np
-
-    ms = np.asarray(samples_s) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "mean_ms": float(ms.mean()), "n": len(ms)}
-
-
 # ---------------------------------------------------------------- 1, 3, 4 in-process
 def library_figures(config: dict, candidates: list[str], n_users: int, cache: int, quick: bool) -> dict:
     import numpy as np
@@ -147,7 +141,7 @@ def library_figures(config: dict, candidates: list[str], n_users: int, cache: in
             t = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t)
-        return _percentiles(out)
+        return seconds_summary(out)
 
     result = library_call()
     model = models.get(key)
@@ -196,8 +190,8 @@ def library_figures(config: dict, candidates: list[str], n_users: int, cache: in
         (miss_times if many.loads > loads else hit_times).append(time.perf_counter() - t)
     total = len(sequence)
     lib["many_users"] = {"users": n_users, "requests": total, "cache_per_replica": cache, "zipf_s": 1.1,
-                         "hit_rate": len(hit_times) / total, "all": _percentiles(hit_times + miss_times),
-                         "hits": _percentiles(hit_times), "misses_incl_reload": _percentiles(miss_times)}
+                         "hit_rate": len(hit_times) / total, "all": seconds_summary(hit_times + miss_times),
+                         "hits": seconds_summary(hit_times), "misses_incl_reload": seconds_summary(miss_times)}
 
     # rating -> next suggestion, for one user
     rounds = []
@@ -209,7 +203,7 @@ def library_figures(config: dict, candidates: list[str], n_users: int, cache: in
         suggestion = svc.next_photos(m, 1)["image_ids"][0]
         svc.add_ratings("default", ROUND_TRIP_USER, [{"image_id": suggestion, "score": 1 + step % 5}], None)
         rounds.append(time.perf_counter() - t)
-    lib["round_trip"] = _percentiles(rounds)
+    lib["round_trip"] = seconds_summary(rounds)
     svc.close()
     return lib
 
@@ -336,9 +330,29 @@ def overload_session(params: dict) -> dict:
                                "shed_p99_ms": shed[min(len(shed) - 1, int(len(shed) * 0.99))] if shed else None}
             out[str(connections)] = result
         out["goodput_ratio_64_vs_8"] = round(out["64"]["goodput_rps"] / max(out["8"]["goodput_rps"], 1e-9), 3)
+        out["open_loop"] = open_loop_points(port, f"/v1/users/{BENCH_USER}/rerank", body.encode(),
+                                            out["8"]["goodput_rps"], duration)
     finally:
         serve.shutdown()
         ray.shutdown()
+    return out
+
+
+def open_loop_points(port: int, path: str, body: bytes, capacity: float, seconds: float) -> dict:
+    """Poisson arrivals at half and at twice `capacity` (the closed-loop goodput at 8 connections);
+    the issue's targets: goodput at 2x >= 0.8 of capacity, accepted p99 at 2x <= 3x that at 0.5x."""
+    from pam.bench.open_loop import http_request, open_loop
+
+    request = http_request("POST", path, f"127.0.0.1:{port}", body, {"Content-Type": "application/json"})
+    out: dict = {"capacity_rps": capacity, "arrivals": "Poisson"}
+    for name, factor in (("half", 0.5), ("double", 2.0)):
+        out[name] = open_loop("127.0.0.1", port, [request], rate=capacity * factor, seconds=seconds, seed=7)
+    half, double = out["half"], out["double"]
+    out["goodput_over_capacity_at_2x"] = round(double["goodput_rps"] / max(capacity, 1e-9), 3)
+    p99_half, p99_double = half["accepted"]["p99_ms"], double["accepted"]["p99_ms"]
+    out["accepted_p99_2x_over_half"] = round(p99_double / p99_half, 3) if p99_half and p99_double else None
+    out["meets_goodput_0.8"] = out["goodput_over_capacity_at_2x"] >= 0.8
+    out["meets_p99_3x"] = out["accepted_p99_2x_over_half"] is not None and out["accepted_p99_2x_over_half"] <= 3.0
     return out
 
 
@@ -346,6 +360,14 @@ def serve_session(params: dict) -> dict:
     """One Serve mode, in this (fresh) process: deploy echo, pam, naive; wrk them."""
     if params["mode"] == "overload":
         return overload_session(params)
+    if params["mode"] == "hotuser":
+        from pam.bench.serve_hot import hot_user_session
+
+        return hot_user_session(params)
+    if params["mode"] == "upload":
+        from pam.bench.serve_upload import upload_session
+
+        return upload_session(params)
     import ray
     import requests
     from ray import serve
@@ -410,6 +432,11 @@ def serve_session(params: dict) -> dict:
         bulk["queries_per_request"] = params["bulk"]
         bulk["queries_per_s"] = bulk["rps"] * params["bulk"]
         out["bulk_8"] = bulk
+        if mode == "direct" and "8" in out["rerank"]:
+            # the replica's own port: no proxy between the generator and the replica's admission
+            direct_port = int(bases["pam"].rsplit(":", 1)[1])
+            out["open_loop"] = open_loop_points(direct_port, paths["rerank"][1], body.encode(),
+                                                out["rerank"]["8"]["rps"], max(params["duration"], 5))
         if mode == "proxy":
             out["many_users"] = _many_users_over_serve(bases["pam"], work, params, metrics_port)
             out["round_trip"] = _round_trip_http(bases["pam"], params)
@@ -515,7 +542,7 @@ def _round_trip_http(base: str, params: dict) -> dict:
         session.post(f"{base}/v1/users/{ROUND_TRIP_USER}/ratings", timeout=30, json={
             "ratings": [{"image_id": suggestion["image_ids"][0], "score": 1 + step % 5}]}).raise_for_status()
         samples.append(time.perf_counter() - t)
-    return _percentiles(samples)
+    return seconds_summary(samples)
 
 
 def _run_session(params: dict) -> dict:
@@ -559,7 +586,9 @@ def run(args: argparse.Namespace) -> dict:
                 params = {"mode": mode, "work": str(work), "config": config, "candidates": candidates,
                           "connections": connections, "duration": args.duration, "bulk": args.bulk,
                           "users": args.users, "cache": args.cache, "round_trips": 15 if args.quick else 40,
-                          "rounds": 1 if args.quick else args.rounds}
+                          "rounds": 1 if args.quick else args.rounds, "model_version": VERSION,
+                          "upload_size": [1500, 1000] if args.quick else [6000, 4000],
+                          "concurrent": 2 if args.quick else 6}
                 summary["http"][mode] = _run_session(params)
     summary["targets"] = _targets(summary["http"])
     if args.plot:
@@ -640,6 +669,16 @@ def render_text(s: dict) -> str:
         if "error" in res:
             lines.append(f"http {mode}: FAILED: {res['error'][-400:]}")
             continue
+        if mode == "upload":
+            from pam.bench.serve_upload import render_upload
+
+            lines += ["", "uploads through Serve's proxy (one replica)", *render_upload(res)]
+            continue
+        if mode == "hotuser":
+            from pam.bench.serve_hot import render_hot
+
+            lines += ["", "one hot user among many through Serve's proxy (two replicas)", *render_hot(res)]
+            continue
         title = {"proxy": "through Serve's HTTP proxy (default)",
                  "direct": "Serve throughput-optimized (direct ingress: the replica's own HTTP port)",
                  "overload": "overload through Serve's proxy (one replica)"}.get(mode, mode)
@@ -679,6 +718,9 @@ def render_text(s: dict) -> str:
                          f"{r['non_2xx']} non-2xx, p99 {r.get('p99_ms', 0):.1f} ms{shed}")
         if mode == "overload":
             lines.append(f"  goodput at 64 / at 8 connections: {res['goodput_ratio_64_vs_8']:.2f} (target >= 0.8)")
+        if "open_loop" in res:
+            lines += render_open_loop(res["open_loop"])
+
     for mode, t in s["targets"].items():
         if mode == "lowered_overhead":
             lines.append(f"target as worded (re-rank over {t['rerank']} vs the echo through {t['echo']}, 8 conns, "
@@ -692,6 +734,25 @@ def render_text(s: dict) -> str:
         else:
             lines.append(f"{mode}: {t:.2f}x")
     return "\n".join(lines)
+
+
+def render_open_loop(ol: dict) -> list[str]:
+    lines = [f"  re-rank open loop (Poisson arrivals, 10 s client timeout) around the capacity of "
+             f"{ol['capacity_rps']:.1f} 2xx/s (closed loop, 8 conns):"]
+    for name in ("half", "double"):
+        r = ol[name]
+        acc, rej = r["accepted"], r["rejected"]
+        rejected = (f"; rejected answered in p50 {rej['p50_ms']:.1f} / p99 {rej['p99_ms']:.1f} ms"
+                    if rej["n"] else "")
+        lines.append(f"    {r['target_rate_per_s']:.1f}/s offered ({r['achieved_rate_per_s']:.1f}/s sent"
+                     f"{'' if r['kept_up'] else ', the generator fell behind'}): goodput {r['goodput_rps']:.1f}/s, "
+                     f"statuses {r['statuses']}, accepted p50 {acc['p50_ms'] or 0:.1f} / p99 {acc['p99_ms'] or 0:.1f} ms "
+                     f"from the scheduled time{rejected}")
+    ratio = ol["accepted_p99_2x_over_half"]
+    lines.append(f"    at 2x: goodput / capacity {ol['goodput_over_capacity_at_2x']:.2f} (target >= 0.8: "
+                 f"{'met' if ol['meets_goodput_0.8'] else 'NOT met'}); accepted p99 at 2x / at 0.5x "
+                 f"{ratio if ratio is not None else 'n/a'} (target <= 3: {'met' if ol['meets_p99_3x'] else 'NOT met'})")
+    return lines
 
 
 def _plot(summary: dict, path: Path) -> None:

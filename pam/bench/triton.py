@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from pam.bench.measure import seconds_summary
+
 HELP = "Triton (HTTP, gRPC) requests/s and p50/p99 latency vs in-process ONNX Runtime"
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PHOTOS = ROOT.parent / "shared" / "photos" / "imagenet-sample"
@@ -86,7 +88,6 @@ def run(args: argparse.Namespace) -> dict:
 
 def _measure(engine: str, factory, own_client_per_thread: bool, batch, concurrency: int, requests: int) -> dict:
     """`concurrency` threads send `requests` requests in all, back to back; latency per request."""
-    import numpy as np
 
     latencies: list[float] = []
     errors: list[BaseException] = []
@@ -131,15 +132,15 @@ def _measure(engine: str, factory, own_client_per_thread: bool, batch, concurren
     wall = time.perf_counter() - start
     if errors:
         raise errors[0]
-    ms = np.array(latencies) * 1000
+    summary = seconds_summary(latencies, digits=2)
     return {
         "engine": engine,
         "batch": len(batch),
         "concurrency": concurrency,
         "requests_per_s": round(len(latencies) / wall, 1),
         "images_per_s": round(len(latencies) * len(batch) / wall, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "p50_ms": summary["p50_ms"],
+        "p99_ms": summary["p99_ms"],
     }
 
 

@@ -222,6 +222,29 @@ class LocalRuntime:
 
 
 # ---------------------------------------------------------------- Ray Serve
+REPLICA_HEADER = "x-pam-replica"
+
+
+class ReplicaHeader:
+    """ASGI middleware: every reply names the replica that answered it (Serve's replica id), so
+    clients and benchmarks can see how requests spread over replicas."""
+
+    def __init__(self, app, replica: str):
+        self.app = app
+        self._header = (REPLICA_HEADER.encode(), replica.encode("ascii", "replace"))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self._header]}
+            await send(message)
+
+        await self.app(scope, receive, named)
+
+
 @cache
 def _deployment():
     """The Serve deployment class (built on first use, so importing this module needs no Ray)."""
@@ -233,6 +256,9 @@ def _deployment():
     @serve.ingress()
     class PamDeployment:
         def __init__(self, config: dict):
+            from serving.cluster.memory import return_freed_memory
+
+            return_freed_memory()  # big uploads' buffers go back to the system once freed
             self.service = PersonalizationService(config)
             service = self.service
 
@@ -246,7 +272,9 @@ def _deployment():
             return await self._load(key)
 
         def __serve_build_asgi_app__(self):
-            return create_app(self, metrics=True)
+            app = create_app(self, metrics=True)
+            app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
+            return app
 
         def reconfigure(self, user_config: dict) -> None:
             """Serve's user_config: {model, model_version?} switches every replica's version atomically."""
@@ -275,10 +303,28 @@ def deployment_options(args: dict) -> dict:
         options["ray_actor_options"] = {"num_cpus": float(args["num_cpus"])}
     if "user_config" in args:
         options["user_config"] = dict(args["user_config"])
+    options.update(routing_options(args.get("routing", "spillover"), args.get("spill_at", MAX_ACTIVE)))
     return options
 
 
-SERVE_ONLY_KEYS = ("autoscaling", "num_replicas", "max_ongoing_requests", "num_cpus", "user_config")
+def routing_options(routing: str, spill_at: int = MAX_ACTIVE) -> dict:
+    """"spillover" (default): a user's requests stay on the replicas that hold the user's model
+    while one has fewer than `spill_at` in flight, and spread beyond (serving.cluster.routing);
+    "affinity": Serve's own router, which keeps a user on one replica until its queue is full."""
+    if routing == "affinity":
+        return {}
+    if routing != "spillover":
+        raise ValueError(f"routing must be 'spillover' or 'affinity', not {routing!r}")
+    from ray.serve.config import RequestRouterConfig
+
+    from serving.cluster.routing import ROUTER_PATH
+
+    return {"request_router_config": RequestRouterConfig(request_router_class=ROUTER_PATH,
+                                                         request_router_kwargs={"spill_at": int(spill_at)})}
+
+
+SERVE_ONLY_KEYS = ("autoscaling", "num_replicas", "max_ongoing_requests", "num_cpus", "user_config", "routing",
+                   "spill_at")
 
 
 def expand_env(value):

@@ -53,3 +53,34 @@ def test_the_worded_target_sets_direct_rerank_rounds_against_proxied_echo_rounds
     assert worded["meets_rps_target_0.8"] and worded["meets_p99_target_1.5"]
     del http["direct"]["rounds_8"]
     assert "lowered_overhead" not in _targets(http)
+
+
+def test_serve_bench_runs_quick_under_overload_uploads_and_a_hot_user():
+    """The open loop at 0.5x and 2x capacity, the replica's memory around uploads and the hot user
+    under both routers, at tiny sizes: each part runs and reports its figures."""
+    if shutil.which("wrk") is None:
+        pytest.skip("Debian's wrk is not installed (scripts/install.sh installs it)")
+    out = subprocess.run([sys.executable, "-m", "pam.cli", "bench", "serve", "--quick", "--modes",
+                          "overload,upload,hotuser", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    http = json.loads(out.stdout)["http"]
+    for mode in ("overload", "upload", "hotuser"):
+        assert "error" not in http[mode], http[mode].get("error")
+    ol = http["overload"]["open_loop"]
+    assert ol["capacity_rps"] > 0
+    for name, factor in (("half", 0.5), ("double", 2.0)):
+        point = ol[name]
+        assert point["target_rate_per_s"] == pytest.approx(ol["capacity_rps"] * factor, rel=0.01)
+        assert point["requests"] == point["scheduled"] == sum(point["statuses"].values()) > 0
+        assert point["accepted"]["n"] == point["statuses"].get("200", 0)
+    upload = http["upload"]
+    assert upload["all_accepted"] and upload["size"] == [1500, 1000]
+    assert [(r["file"], r["copies"]) for r in upload["runs"]] == [("photo.jpg", 1), ("photo.png", 1), ("photo.png", 2),
+                                                                 ("photo.jpg", 2)]
+    assert all(r["rss_before_mb"] > 0 and r["rss_peak_mb"] >= r["rss_before_mb"] for r in upload["runs"])
+    hot = http["hotuser"]
+    for routing in ("affinity", "spillover"):
+        r = hot[routing]
+        served = sum(c.get("hot", 0) + c.get("others", 0) for c in r["replicas"].values())
+        assert served == r["statuses"].get("200", 0) > 0
+        assert "?" not in r["replicas"]  # every reply named its replica

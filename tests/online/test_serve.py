@@ -116,6 +116,57 @@ def test_multiplexed_models_more_users_than_cache(serve_env):
             assert sorted(reply["scores"]) == pytest.approx(sorted(want), abs=1e-6), user
 
 
+def test_a_hot_user_spreads_over_both_replicas(serve_env):
+    """24 clients re-rank for one user, each naming the user's model: Serve's own router would keep
+    them all on the replica holding the model; the spillover router sends what that replica cannot
+    start at once to the other one. Every reply names its replica."""
+    call, env = serve_env["call"], serve_env["env"]
+    call("POST", "/v1/users/hot/album", json={"image_ids": env["ids"][:20]})
+    call("POST", "/v1/users/hot/ratings", json={"ratings": [{"image_id": i, "score": 1 + j % 5}
+                                                            for j, i in enumerate(env["ids"][:8])]})
+    # the user's model on one replica first, and Serve's routers told so (as for a user who was quiet)
+    call("POST", "/v1/users/hot/rerank", json={"candidates": env["ids"][:40]}, headers={"serve_multiplexed_model_id": "hot"})
+    time.sleep(3)
+    replies: list[tuple[int, str | None]] = []
+
+    def client():
+        with requests.Session() as http:
+            for _ in range(15):
+                r = http.post(f"{serve_env['url']}/v1/users/hot/rerank", json={"candidates": env["ids"][:40]},
+                              headers={"serve_multiplexed_model_id": "hot"}, timeout=60)
+                replies.append((r.status_code, r.headers.get("x-pam-replica")))
+
+    threads = [threading.Thread(target=client) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {status for status, _ in replies} == {200}, replies
+    per_replica = {name: sum(1 for _, n in replies if n == name) for name in {n for _, n in replies}}
+    assert None not in per_replica and len(per_replica) == 2, per_replica
+    assert min(per_replica.values()) >= 0.1 * len(replies), per_replica
+
+
+def test_spillover_ranks_keep_a_user_on_its_replicas_while_they_have_room():
+    from types import SimpleNamespace
+
+    from serving.cluster.routing import spillover_ranks
+
+    a, b, c = (SimpleNamespace(replica_id=n, multiplexed_model_ids=m) for n, m in
+               (("a", {"hot"}), ("b", set()), ("c", {"hot", "x"})))
+    load = {"a": 3, "b": 0, "c": None}
+    ranks = spillover_ranks([a, b, c], "hot", lambda r: load[r.replica_id], spill_at=8)
+    assert {r.replica_id for r in ranks[0]} == {"a", "c"} and len(ranks) == 2 and len(ranks[1]) == 2
+    load.update(a=8, c=9)  # both holders busy: first the calmer replica that lacks the model
+    ranks = spillover_ranks([a, b, c], "hot", lambda r: load[r.replica_id], spill_at=8)
+    assert [r.replica_id for r in ranks[0]] == ["b"] and len(ranks[1]) == 2
+    load.update(b=8)  # no calmer one: any two
+    ranks = spillover_ranks([a, b, c], "hot", lambda r: load[r.replica_id], spill_at=8)
+    assert len(ranks) == 1 and len(ranks[0]) == 2
+    assert spillover_ranks([a, b], "", lambda r: 0, 8) in ([[a, b]],)
+    assert spillover_ranks([b], "nobody", lambda r: 0, 8) == [[b]]
+
+
 def test_concurrent_ratings_for_one_user_lose_nothing(serve_env):
     call, env = serve_env["call"], serve_env["env"]
     call("PUT", "/v1/users/crowd")
