@@ -251,8 +251,8 @@ def make_thumbnail(data: bytes, size: int) -> bytes:
         if image.size[0] * image.size[1] > MAX_PIXELS:
             raise DecodeError("too_many_pixels", f"{image.size[0]}x{image.size[1]}")
         image.draft("RGB", (size, size))
-        image = ImageOps.exif_transpose(image)
-        image.thumbnail((size, size))
+        image.thumbnail((size, size))  # in place, before turning upright: never a full-size copy
+        ImageOps.exif_transpose(image, in_place=True)
         if image.mode != "RGB":
             background = Image.new("RGB", image.size, (255, 255, 255))
             rgba = image.convert("RGBA")
