@@ -223,8 +223,9 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
     """The API over `runtime`, which has `.service` (PersonalizationService) and
     `async user_model(key) -> UserModel`."""
     app = FastAPI(title="pam personalization service", version="1",
-                  description="Personalized image aesthetics (PAM, Active-PAM) per user, over one feature-store "
-                  "model version. Errors are JSON objects {detail, error, ...} naming the problem.",
+                  description="Personalized image aesthetics per user (Prior-PAM and the posterior rating "
+                  "strategy when the served feature-store model version has a taste prior; PAM and Active-PAM "
+                  "otherwise), over one feature-store model version. Errors are JSON objects {detail, error, ...} naming the problem.",
                   openapi_url=f"{m.API_PREFIX}/openapi.json", docs_url=f"{m.API_PREFIX}/docs", redoc_url=None)
     svc: PersonalizationService = runtime.service
     v1 = m.API_PREFIX
@@ -394,8 +395,9 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
     @app.get(f"{v1}/users/{{user_id}}/next", tags=["users"], response_model=m.NextResponse, responses=ERRORS)
     async def next_photos(user_id: UserIdPath, request: Request,
                           n: Annotated[int, Query(ge=1, le=m.MAX_SUGGESTIONS)] = 1):
-        """The next n album photos for the user to rate (Active-PAM: seeded random photos first,
-        then eq. 6); never a photo already rated."""
+        """The next n album photos for the user to rate; never a photo already rated. With a taste
+        prior in the served version: the posterior strategy (`strategy: posterior`), else Active-PAM
+        (seeded random photos first, then eq. 6)."""
         t = tenant(request)
         check_user_id(user_id)
         model, _ = await fresh_model(t, user_id)
@@ -405,7 +407,9 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
               responses=ERRORS, openapi_extra=body_doc(m.RerankRequest))
     async def rerank(user_id: UserIdPath, request: Request):
         """Re-rank up to 1,000 candidates (ids in the store, or inline features) by the user's
-        PAM model; a user with no ratings gets the generic scores, with `fallback` saying so."""
+        personal model (Prior-PAM when the served version has a taste prior, else PAM); a user with no
+        ratings gets the generic scores (or, when the prior measured it to help, the population
+        offset), with `fallback` saying so. `include: ["uncertainty"]` adds each photo's `std`."""
         t = tenant(request)
         check_user_id(user_id)
         query = decode_rerank(await request.body())
