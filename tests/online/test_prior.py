@@ -12,6 +12,7 @@ along three random directions, rounded to the 1-5 scale.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -313,6 +314,35 @@ def test_openapi_documents_uncertainty_strategy_and_gain_model(served):
     assert "taste prior" in schemas["RerankResponse"]["properties"]["std"]["description"]
     assert schemas["GainEstimate"]["properties"]["model"]["enum"] == ["prior-pam", "pam"]
     assert schemas["NextResponse"]["properties"]["strategy"]["enum"] == ["posterior", "active-pam"]
+
+
+def test_the_client_asks_for_and_exposes_the_uncertainty(served, prior_env):
+    from pam.client import ApiError as ClientApiError
+    from pam.client import AsyncClient, Client
+
+    ids = prior_env["ids"]
+    with Client(served.url, timeout=60) as client:
+        client.add_album("cla", ids[:20])
+        client.rate("cla", {i: 1 + k % 5 for k, i in enumerate(ids[:10])})
+        assert client.rerank("cla", ids[:20]).std is None  # off by default
+        ranking = client.rerank("cla", ids[:20], include=["uncertainty"])
+        assert len(ranking.std) == 20 and all(s > 0 for s in ranking.std)
+        assert client.user("cla").gain_model == "prior-pam" and client.next("cla", 2).strategy == "posterior"
+        many = client.rerank_many([("cla", ids[:20]), {"user_id": "cla", "candidates": ids[:5]}],
+                                  include="uncertainty")
+        assert many[0].std == ranking.std and len(many[1].std) == 5
+        with pytest.raises(ClientApiError) as err:
+            client.rerank("cla", ids[:5], include=["uncertainty", "uncertainty"])
+        assert err.value.status == 422 and "include" in err.value.detail
+
+    async def run():
+        async with AsyncClient(served.url, timeout=60) as client:
+            one = await client.rerank("cla", ids[:20], include=["uncertainty"])
+            many = await client.rerank_many([("cla", ids[:20])], include=["uncertainty", "reasons"])
+            return one, many[0]
+
+    one, bulk = asyncio.run(run())
+    assert one.std == ranking.std == bulk.std and len(bulk.reasons["keys"]) == 20
 
 
 def test_suggestions_and_scores_survive_a_restart(served, prior_env):
