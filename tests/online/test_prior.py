@@ -115,7 +115,7 @@ class PamServe:
         match = re.search(r"listening on (http://\S+)", line)
         assert match, f"no listening line; exit {self.proc.poll()}: {line}"
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep the pipe drained
-        self.url = match.group(1)
+        self.url, self.line = match.group(1), line
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -170,6 +170,21 @@ def _prior_scores(env: dict, rated: dict[str, float], candidates: list[str]) -> 
 
 
 # ---------------------------------------------------------------- pam serve with a prior
+def test_no_prior_flag_reaches_the_service_config(tmp_path):
+    from pam.cli import build_parser
+    from pam.commands.serve import service_args
+    from serving.online.app import SERVE_ONLY_KEYS
+    from serving.online.service import ServiceConfig
+
+    def replica_config(argv):
+        args = service_args(build_parser("serve").parse_args(argv))
+        return ServiceConfig.from_dict({k: v for k, v in args.items() if k not in SERVE_ONLY_KEYS})
+
+    base = ["serve", "--features", str(tmp_path), "--users", f"sqlite:///{tmp_path / 'u.db'}"]
+    assert replica_config(base).use_prior is True
+    assert replica_config([*base, "--no-prior"]).use_prior is False
+
+
 def test_info_and_readiness_say_the_prior_is_loaded(served, prior_env):
     info = _ok(served("GET", "/v1/info"))
     prior = prior_env["prior"]
@@ -178,6 +193,7 @@ def test_info_and_readiness_say_the_prior_is_loaded(served, prior_env):
     assert info["prior"]["zero_ratings"] == ("population offset" if prior.use_population_offset else "generic score")
     ready = _ok(served("GET", "/v1/readyz"))
     assert ready["ready"] and ready["checks"]["prior"].startswith("loaded")
+    assert "taste prior loaded" in served.line
 
 
 def test_prior_pam_reranks_from_the_first_rating_and_gain_names_it(served, prior_env):
