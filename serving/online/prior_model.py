@@ -28,7 +28,11 @@ def load_served_prior(store) -> TastePrior | None:
     if not table.is_local:
         return None
     path = table.version(store.model_version).sidecar_path(PRIOR_FILE)
-    prior = load_prior(path)
+    try:
+        prior = load_prior(path)
+    except (OSError, ValueError, KeyError) as exc:  # np.load's errors for what is not a prior's npz
+        raise ValueError(f"{path}: not a readable taste prior ({type(exc).__name__}: {exc}); fit it again "
+                         "with `pam fit-prior`, or serve without it (--no-prior)") from None
     if prior is not None and prior.n_features != PAM_INPUT_DIM:
         raise ValueError(f"{path}: the taste prior was fit on {prior.n_features} features; the service's "
                          f"personal models take {PAM_INPUT_DIM}")

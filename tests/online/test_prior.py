@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -482,3 +483,30 @@ def test_zero_ratings_show_the_generic_score_when_the_prior_says_the_offset_does
     assert mean == pytest.approx(on.predict(X[:, :-1], X[:, -1])) and (std > 0).all()
     plain = Fit(versions, prior_env["model_version"], PAM().fit(X[:10], np.arange(10) % 5 + 1.0), 10)
     assert plain.predict_std(X[:, :-1], X[:, -1])[1] is None and plain.model_name == "pam"
+
+
+def test_a_version_whose_prior_is_unreadable_is_never_switched_in(prior_env, tmp_path):
+    """An unreadable prior stops the switch (the served version stays, with its own prior); the
+    service is not quietly served with a model other than the one its operator fit."""
+    import shutil
+
+    from serving.online.service import PersonalizationService
+
+    root = tmp_path / "features"
+    shutil.copytree(prior_env["feature_root"], root)
+    table = ft.FeatureTable(str(root))
+    Path(table.version("tiny-test-1").sidecar_path(PRIOR_FILE)).write_bytes(b"not an npz")
+    svc = PersonalizationService({"feature_root": str(root), "user_store": f"sqlite:///{tmp_path / 'u.db'}"})
+    try:
+        assert svc.info()["prior"]["model"] == "prior-pam"
+        with pytest.raises(ValueError, match="not a readable taste prior"):
+            svc.switch_model(None, "tiny-test-1")
+        assert svc.catalog.model_version == prior_env["model_version"] and svc.catalog.prior is not None
+    finally:
+        svc.close()
+    svc = PersonalizationService({"feature_root": str(root), "user_store": f"sqlite:///{tmp_path / 'u.db'}",
+                                  "use_prior": False})
+    try:  # --no-prior never reads it
+        assert svc.switch_model(None, "tiny-test-1") == "tiny-test-1" and svc.info()["prior"] is None
+    finally:
+        svc.close()
