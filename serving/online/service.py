@@ -5,10 +5,11 @@ the feature store and the feature backend of one model version), *decode* (servi
 validates requests), *predict* (the methods below), *encode* (`encode_json`).
 
 Per-user state is a `UserModel`: the album's feature rows, the personal model fit on every stored
-rating (Prior-PAM when the served version has a taste prior, PAM otherwise; serving.online.
-prior_model), and (lazily) the rating strategy's state (the posterior strategy, or Active-PAM). It carries the versions it was built from, so a caller can check it
-against the user store before each reply (read-your-writes across replicas; `ensure_fresh`). The
-user store is the source of truth; models are rebuilt from it, never pickled.
+rating (Prior-PAM when the served version has a taste prior, PAM otherwise: serving.online.
+prior_model), and (lazily) the rating strategy's state (the posterior strategy, or Active-PAM). It
+carries the versions it was built from, so a caller can check it against the user store before each
+reply (read-your-writes across replicas; `ensure_fresh`). The user store is the source of truth;
+models are rebuilt from it, never pickled.
 """
 
 from __future__ import annotations
