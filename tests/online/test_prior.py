@@ -1,5 +1,5 @@
 """The service over a feature version WITH a population taste prior, through a real `pam serve`
-(a subprocess on free ports, one replica): Prior-PAM re-ranks, `next` uses the posterior strategy
+(a subprocess on free ports, two replicas): Prior-PAM re-ranks, `next` uses the posterior strategy
 and gives the same suggestions after a restart, `include: ["uncertainty"]` adds each photo's
 predictive s.d. on single and bulk re-ranks, hostile `include` values get 422. In process (uvicorn,
 no Ray): the same version served without its prior, a feature version without one, and a version
@@ -104,7 +104,7 @@ class PamServe:
     def start(self) -> None:
         command = [sys.executable, "-m", "pam.cli", "serve", "--features", self.env["feature_root"],
                    "--model", self.env["model"], "--photos", self.env["photos_root"], "--users", self.users,
-                   "--port", str(free_port()), "--num-cpus", "2", "--duration", "1800"]
+                   "--port", str(free_port()), "--num-cpus", "2", "--replicas", "2", "--duration", "1800"]
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, start_new_session=True)
@@ -360,6 +360,24 @@ def test_the_client_asks_for_and_exposes_the_uncertainty(served, prior_env):
 
     one, bulk = asyncio.run(run())
     assert one.std == ranking.std == bulk.std and len(bulk.reasons["keys"]) == 20
+
+
+def test_every_replica_gives_the_same_suggestions_and_scores(served, prior_env):
+    """Two replicas, no routing header: each rebuilds the user's model and strategy from the
+    store, and a reply after a rating on the other replica includes it (read-your-writes)."""
+    env, call = prior_env, served
+    album = env["ids"][:48]
+    _ok(call("POST", "/v1/users/rep/album", json={"image_ids": album}))
+    truth = _truth(env, album, seed=6)
+    for _ in range(4):
+        pages = [_ok(call("GET", "/v1/users/rep/next", params={"n": 2})) for _ in range(4)]
+        assert all(p["image_ids"] == pages[0]["image_ids"] for p in pages)
+        _rate(call, "rep", {i: truth[i] for i in pages[0]["image_ids"]})
+        replies = [_ok(call("POST", "/v1/users/rep/rerank", json={"candidates": album, "include": ["uncertainty"]}))
+                   for _ in range(4)]
+        assert all(r["n_ratings"] == replies[0]["n_ratings"] and r["std"] == replies[0]["std"]
+                   and r["scores"] == replies[0]["scores"] for r in replies)
+    assert replies[0]["n_ratings"] == 8
 
 
 def test_suggestions_and_scores_survive_a_restart(served, prior_env):
