@@ -3,7 +3,8 @@
 `pam fit-prior` stores a prior beside a feature version's parts (personalize.prior.PRIOR_FILE). A
 Catalog loads the prior of the version it opens (`load_served_prior`); with one, a user's personal
 model is Prior-PAM (personalize.prior.PriorPAM) and `next` uses the posterior strategy
-(personalize.strategy.PosteriorStrategy); without one, PAM and Active-PAM (eq. 6), as the paper.
+(personalize.strategy.PosteriorStrategy); without one, PAM and Active-PAM (eq. 6), as the paper,
+and so too when the prior's own cross-validation measured Prior-PAM losing to PAM (`served`).
 Before a user's first rating the re-rank shows the population offset when the prior measured it to
 beat the generic score on held-out raters (`use_population_offset`), the generic score otherwise.
 """
@@ -39,6 +40,12 @@ def load_served_prior(store) -> TastePrior | None:
     return prior
 
 
+def served(prior: TastePrior | None) -> TastePrior | None:
+    """The prior the service serves: a stored one, unless its own cross-validation measured Prior-PAM
+    losing to PAM on held-out training raters (`beats_pam` False); not measured (None) serves it."""
+    return prior if prior is not None and getattr(prior, "beats_pam", None) is not False else None
+
+
 def prior_summary(prior: TastePrior | None) -> dict | None:
     """What `info` says of the served prior (None: no prior, PAM and Active-PAM)."""
     if prior is None:
@@ -49,8 +56,11 @@ def prior_summary(prior: TastePrior | None) -> dict | None:
             "zero_ratings": "population offset" if prior.use_population_offset else "generic score"}
 
 
-def prior_check(prior: TastePrior | None) -> str:
-    """The readiness report's line on the prior."""
+def prior_check(prior: TastePrior | None, stored: TastePrior | None = None) -> str:
+    """The readiness report's line on the served prior (`stored`: the version's, served or not)."""
+    if prior is None and stored is not None:
+        return ("not served: the version's prior lost to PAM on held-out training raters; PAM and "
+                "Active-PAM (eq. 6)")
     if prior is None:
         return "none: PAM and Active-PAM (eq. 6)"
     start = "population offset" if prior.use_population_offset else "generic score"

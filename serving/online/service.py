@@ -215,7 +215,8 @@ class Catalog:
             raise ValueError(f"the model at {model} is version {self.backend.model_version!r} but the "
                              f"feature store serves {self.model_version!r}: versions never mix")
         # the version's taste prior (`pam fit-prior`), read with the version: a switch reads the new one's
-        self.prior: TastePrior | None = prior_model.load_served_prior(self.store) if use_prior else None
+        self.stored_prior = prior_model.load_served_prior(self.store) if use_prior else None
+        self.prior: TastePrior | None = prior_model.served(self.stored_prior)
 
     def lookup(self, image_ids: Sequence[str], tenant: str | None = None) -> tuple[FeatureRows, list[str]]:
         """The store's lookup, plus the photos `tenant` uploaded (catalog ids first: an upload
@@ -876,7 +877,7 @@ class PersonalizationService:
         checks["feature_store"] = f"ok: {catalog.model_version}, {len(catalog.store)} rows"
         checks["backend"] = (f"ok: {type(catalog.backend).__name__}" if catalog.backend is not None
                              else "none (scoring new photos disabled)")
-        checks["prior"] = prior_model.prior_check(catalog.prior)
+        checks["prior"] = prior_model.prior_check(catalog.prior, catalog.stored_prior)
         return {"ready": checks["user_store"] == "ok", "checks": checks}
 
     def info(self) -> dict:

@@ -528,3 +528,26 @@ def test_a_version_whose_prior_is_unreadable_is_never_switched_in(prior_env, tmp
         assert svc.switch_model(None, "tiny-test-1") == "tiny-test-1" and svc.info()["prior"] is None
     finally:
         svc.close()
+
+
+def test_a_prior_that_lost_to_pam_is_not_served(prior_env, tmp_path, monkeypatch):
+    """fit_prior's cross-validation scores Prior-PAM against PAM on the same splits (`beats_pam`);
+    a prior that lost is kept with its version but the service serves PAM and Active-PAM."""
+    from dataclasses import replace
+
+    from serving.online import prior_model
+    from serving.online.service import PersonalizationService
+
+    lost = replace(prior_env["prior"])
+    lost.beats_pam = False
+    assert prior_model.served(lost) is None and prior_model.served(prior_env["prior"]) is prior_env["prior"]
+    monkeypatch.setattr(prior_model, "load_prior", lambda path: lost)
+    svc = PersonalizationService({"feature_root": prior_env["feature_root"],
+                                  "user_store": f"sqlite:///{tmp_path / 'u.db'}"})
+    try:
+        assert svc.info()["prior"] is None and svc.ready()["checks"]["prior"].startswith("not served")
+        svc.create_user("default", "lost")
+        model = svc.load_user_model("lost")
+        assert model.fit.model_name == "pam" and model.strategy_name == "active-pam"
+    finally:
+        svc.close()
