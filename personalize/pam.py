@@ -179,9 +179,10 @@ class PAM(RegressorMixin, BaseEstimator):
             })
 
 
-def estimate_gain(X, y, cv: int = 5, min_ratings: int = 10, random_state: int = 0,
+def estimate_gain(X, y, cv: int = 5, min_ratings: int = 10, random_state: int = 0, make_model=None,
                   **pam_params) -> float | None:
-    """Cross-validated mean of rho(PAM) - rho(generic) on held-out ratings of one user.
+    """Cross-validated mean of rho(PAM) - rho(generic) on held-out ratings of one user
+    (make_model: another personal model's factory, e.g. lambda: PriorPAM(prior); default PAM).
 
     X = [x, aes_score] of the rated images, y the user's scores. Folds hold at least 3 ratings
     (fewer folds when there are few ratings); folds whose held-out scores are all equal carry no
@@ -196,7 +197,7 @@ def estimate_gain(X, y, cv: int = 5, min_ratings: int = 10, random_state: int = 
     folds = KFold(n_splits=max(2, min(cv, n // 3)), shuffle=True, random_state=random_state)
     gains = []
     for train, test in folds.split(X):
-        model = PAM(**pam_params).fit(X[train], y[train])
+        model = (PAM(**pam_params) if make_model is None else make_model()).fit(X[train], y[train])
         gain = spearman_rho(y[test], model.predict(X[test])) - spearman_rho(y[test], X[test, -1])
         if np.isfinite(gain):
             gains.append(gain)

@@ -206,7 +206,16 @@ def _ratings(ratings: Any) -> list[dict]:
     return out
 
 
-def rerank_body(candidates: Any, top_k: int | None) -> dict:
+def _include(include: Any) -> list[str] | None:
+    """Opt-in reply parts: an option name or a sequence of them (the service checks the names)."""
+    if include is None:
+        return None
+    if isinstance(include, str):
+        return [include]
+    return list(include)
+
+
+def rerank_body(candidates: Any, top_k: int | None, include: Any = None) -> dict:
     """Ids (strings) -> {candidates}; dicts or PhotoScore objects with features -> {items}."""
     candidates = list(candidates)
     if candidates and not isinstance(candidates[0], str):
@@ -216,16 +225,21 @@ def rerank_body(candidates: Any, top_k: int | None) -> dict:
         body = {"candidates": candidates}
     if top_k is not None:
         body["top_k"] = top_k
+    include = _include(include)
+    if include is not None:
+        body["include"] = include
     return body
 
 
-def _bulk_query(query: Any) -> dict:
+def _bulk_query(query: Any, include: Any = None) -> dict:
     if isinstance(query, dict):
         if "user_id" not in query:
             raise PamError("a bulk query needs a user_id")
+        if include is not None and "include" not in query:
+            return {**query, "include": _include(include)}
         return query
     user_id, candidates, *rest = query
-    return {"user_id": user_id, **rerank_body(candidates, rest[0] if rest else None)}
+    return {"user_id": user_id, **rerank_body(candidates, rest[0] if rest else None, include)}
 
 
 def _bulk_results(response: httpx.Response) -> list[Ranking | ApiError]:
@@ -325,11 +339,12 @@ class ApiCalls:
                               params={"n": n}, user_id=user_id))
 
     def rerank(self, user_id: str, candidates: Sequence[Any], top_k: int | None = None,
-               timeout: float | None = None, retries: int | None = None):
+               timeout: float | None = None, retries: int | None = None, include: Any = None):
         """Re-rank up to 1,000 candidates for the user -> Ranking (.image_ids, .scores best first).
-        Candidates are image ids, or dicts / PhotoScore objects with inline features."""
+        Candidates are image ids, or dicts / PhotoScore objects with inline features. include:
+        opt-in parts of the reply, e.g. ["uncertainty"] (Ranking.std) or ["reasons"]."""
         return self._run(Call("POST", f"{_user_path(user_id)}/rerank", lambda r: Ranking.from_json(_json(r)),
-                              rerank_body(candidates, top_k), user_id=user_id), timeout, retries)
+                              rerank_body(candidates, top_k, include), user_id=user_id), timeout, retries)
 
     def user(self, user_id: str):
         """The user's state -> UserState."""
@@ -345,10 +360,10 @@ class ApiCalls:
         return self._run(Call("DELETE", _user_path(user_id), _json, user_id=user_id))
 
 
-def bulk_calls(queries: Iterable[Any]) -> list[Call]:
+def bulk_calls(queries: Iterable[Any], include: Any = None) -> list[Call]:
     """`rerank_many`'s requests: (user_id, candidates[, top_k]) tuples or {user_id, candidates |
-    items, top_k?} dicts, 64 per request."""
-    bodies = [_bulk_query(q) for q in queries]
+    items, top_k?, include?} dicts, 64 per request; `include` for every query that names none."""
+    bodies = [_bulk_query(q, include) for q in queries]
     return [Call("POST", f"{API}/rerank", _bulk_results, {"queries": bodies[k:k + MAX_BULK_QUERIES]})
             for k in range(0, len(bodies), MAX_BULK_QUERIES)]
 

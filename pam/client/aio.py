@@ -60,9 +60,10 @@ class AsyncClient(ApiCalls):
             if result is not RETRY:
                 return result
 
-    async def rerank_many(self, queries: Iterable[Any], timeout: float | None = None) -> list[Ranking | ApiError]:
+    async def rerank_many(self, queries: Iterable[Any], timeout: float | None = None,
+                          include: Any = None) -> list[Ranking | ApiError]:
         """The bulk endpoint (see Client.rerank_many); requests of 64 queries go concurrently."""
-        replies = await asyncio.gather(*(self._run(call, timeout) for call in _core.bulk_calls(queries)))
+        replies = await asyncio.gather(*(self._run(call, timeout) for call in _core.bulk_calls(queries, include)))
         return [r for reply in replies for r in reply]
 
     async def aclose(self) -> None:

@@ -10,7 +10,9 @@ from typing import Any
 class Ranking:
     """A re-rank reply: `image_ids` best first, `scores` (the user's predicted scores) and
     `generic_scores` in the same order. `personalized` is False when the generic score was used,
-    and `fallback` says why (e.g. the user has no ratings yet)."""
+    and `fallback` says why (e.g. the user has no ratings yet). `std`: with include=["uncertainty"],
+    each score's predictive s.d. in the same order (None without it, or when the service's version
+    has no taste prior); `reasons`: with include=["reasons"]."""
 
     user_id: str
     image_ids: list[str]
@@ -21,12 +23,15 @@ class Ranking:
     model_version: str
     ratings_version: int
     n_ratings: int
+    std: list[float] | None = None
+    reasons: dict | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     @classmethod
     def from_json(cls, d: dict) -> Ranking:
         return cls(d["user_id"], d["image_ids"], d["scores"], d["generic_scores"], d["personalized"],
-                   d.get("fallback"), d["model_version"], d["ratings_version"], d["n_ratings"], d)
+                   d.get("fallback"), d["model_version"], d["ratings_version"], d["n_ratings"], d.get("std"),
+                   d.get("reasons"), d)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -51,24 +56,27 @@ class RatingsAck:
 
 @dataclass(slots=True)
 class Suggestions:
-    """The next photos to rate (Active-PAM); `phase` is seed, active or done."""
+    """The next photos to rate; `phase` is seed, active or done; `strategy` posterior (the
+    service's version has a taste prior) or active-pam."""
 
     user_id: str
     image_ids: list[str]
     phase: str
     n_ratings: int
     album_size: int
+    strategy: str | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     @classmethod
     def from_json(cls, d: dict) -> Suggestions:
-        return cls(d["user_id"], d["image_ids"], d["phase"], d["n_ratings"], d["album_size"], d)
+        return cls(d["user_id"], d["image_ids"], d["phase"], d["n_ratings"], d["album_size"], d.get("strategy"), d)
 
 
 @dataclass(slots=True)
 class UserState:
     """A user's state; `gain` is the cross-validated gain over the generic model (None before
-    enough ratings). `created` is True when this call created the user."""
+    enough ratings) of the personal model `gain_model` (prior-pam or pam). `created` is True when
+    this call created the user."""
 
     user_id: str
     n_ratings: int
@@ -79,12 +87,14 @@ class UserState:
     album_version: int
     gain: float | None
     created: bool = False
+    gain_model: str | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     @classmethod
     def from_json(cls, d: dict, created: bool = False) -> UserState:
+        gain = d.get("gain") or {}
         return cls(d["user_id"], d["n_ratings"], d["album_size"], d["personalized"], d["model_version"],
-                   d["ratings_version"], d["album_version"], (d.get("gain") or {}).get("value"), created, d)
+                   d["ratings_version"], d["album_version"], gain.get("value"), created, gain.get("model"), d)
 
 
 @dataclass(slots=True)

@@ -67,12 +67,14 @@ class Client(ApiCalls):
             if result is not RETRY:
                 return result
 
-    def rerank_many(self, queries: Iterable[Any], timeout: float | None = None) -> list[Ranking | ApiError]:
+    def rerank_many(self, queries: Iterable[Any], timeout: float | None = None,
+                    include: Any = None) -> list[Ranking | ApiError]:
         """The bulk endpoint: (user_id, candidates[, top_k]) tuples or {user_id, candidates|items,
-        top_k?} dicts -> one Ranking per query, in order; a query that failed (unknown user or
-        images) gets its ApiError in its place. More than 64 queries go in several requests."""
+        top_k?, include?} dicts -> one Ranking per query, in order; a query that failed (unknown user
+        or images) gets its ApiError in its place. More than 64 queries go in several requests.
+        include: opt-in reply parts (e.g. ["uncertainty"]) for every query that names none."""
         out: list[Ranking | ApiError] = []
-        for call in _core.bulk_calls(queries):
+        for call in _core.bulk_calls(queries, include):
             out.extend(self._run(call, timeout))
         return out
 

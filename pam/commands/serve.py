@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--w-aes", type=float, default=None,
                         help="Active-PAM's balance in v = [w_aes * aes_feat, aes_score] (default: the paper's "
                         "0.001; `pam export` reports the value that balances the two parts for its trunk)")
+    parser.add_argument("--no-prior", action="store_true",
+                        help="PAM and Active-PAM even when the served feature version has a taste prior "
+                        "(`pam fit-prior`); by default the prior makes Prior-PAM and the posterior strategy")
     parser.add_argument("--direct-ingress", action="store_true",
                         help="experimental: Serve's throughput-optimized mode; each replica also serves HTTP on "
                         "its own port (printed), skipping the proxy hop (3.6-5.2x the re-rank req/s here). Replicas "
@@ -61,6 +64,8 @@ def service_args(args: argparse.Namespace) -> dict:
         if not args.w_aes > 0:
             raise SystemExit(f"pam serve: --w-aes must be > 0, got {args.w_aes}")
         config["w_aes"] = args.w_aes
+    if args.no_prior:
+        config["use_prior"] = False
     if args.photos:
         config["photos_root"] = str(Path(args.photos).resolve())
     thumbnails = args.thumbnails
@@ -115,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
             replica_urls = find_replica_ports(args.host, direct_base, direct_base + span, expect=expect)
         print(f"pam serve: listening on {url}  (API docs {url}/v1/docs, Prometheus metrics "
               f"http://{metrics_host}:{metrics_port}/metrics); model version {info['model_version']}, "
-              f"{info['feature_rows']} feature rows. Ctrl-C stops it.", file=sys.stderr, flush=True)
+              f"{info['feature_rows']} feature rows, {_models(info)}. Ctrl-C stops it.", file=sys.stderr, flush=True)
         if replica_urls:
             print(f"pam serve: direct ingress (no proxy hop): {' '.join(replica_urls)}", file=sys.stderr, flush=True)
         stop.wait(args.duration)
@@ -124,8 +129,14 @@ def run(args: argparse.Namespace) -> dict:
         ray.shutdown()
     return {"url": f"http://{args.host}:{port}", "docs": f"http://{args.host}:{port}/v1/docs",
             "metrics": f"http://{metrics_host}:{metrics_port}/metrics", "model_version": info["model_version"],
-            "feature_rows": info["feature_rows"], "user_store": info["user_store"],
+            "feature_rows": info["feature_rows"], "user_store": info["user_store"], "prior": info.get("prior"),
             "direct_ingress": replica_urls, "served_s": round(time.time() - started, 1)}
+
+
+def _models(info: dict) -> str:
+    if info.get("prior"):
+        return "taste prior loaded (Prior-PAM, posterior strategy)"
+    return "no taste prior (PAM, Active-PAM)"
 
 
 def _get(url: str) -> str:

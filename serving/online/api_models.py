@@ -194,8 +194,9 @@ class InlineCandidate(BaseModel):
 
 
 CandidateId = ImageId
-INCLUDE_OPTIONS = ("reasons",)  # opt-in parts of a re-rank reply
-IncludeOption = Literal["reasons"]
+INCLUDE_OPTIONS = ("reasons", "uncertainty")  # opt-in parts of a re-rank reply
+IncludeOption = Literal["reasons", "uncertainty"]
+INCLUDE_RULE = f"include must be a list of distinct options from {list(INCLUDE_OPTIONS)}"
 
 
 class RerankRequest(BaseModel):
@@ -207,9 +208,11 @@ class RerankRequest(BaseModel):
     candidates: Annotated[list[CandidateId], Field(min_length=1, max_length=MAX_CANDIDATES)] = None
     items: Annotated[list[InlineCandidate], Field(min_length=1, max_length=MAX_CANDIDATES)] = None
     top_k: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = None
-    include: Annotated[list[IncludeOption], Field(max_length=len(INCLUDE_OPTIONS), description=(
-        "optional parts of the reply, off by default: 'reasons' (per photo, the features that moved "
-        "its personal score most)"))] = None
+    include: Annotated[list[IncludeOption], Field(max_length=len(INCLUDE_OPTIONS), json_schema_extra={
+        "uniqueItems": True}, description=(
+        "optional parts of the reply, off by default, each named once: 'reasons' (per photo, the features "
+        "that moved its personal score most), 'uncertainty' (per photo, `std`: the predicted score's "
+        "posterior s.d.)"))] = None
 
 
 class RerankResponse(BaseModel):
@@ -222,6 +225,11 @@ class RerankResponse(BaseModel):
     image_ids: list[str] = Field(description="candidates, best first")
     scores: list[float] = Field(description="the user's predicted scores, in image_ids order")
     generic_scores: list[float]
+    std: list[float] | None = Field(None, description=(
+        "only with include: ['uncertainty']: per photo in image_ids order, the posterior s.d. of the "
+        "predicted score (score units, of the unclipped prediction) under the served version's taste "
+        "prior; it shrinks as the user rates photos like it. null when the version has no prior (PAM has "
+        "no predictive distribution)"))
     reasons: RerankReasons | None = Field(None, description="only with include: ['reasons']")
 
 
@@ -240,6 +248,8 @@ def _query_from_model(request: RerankRequest, where: str) -> RerankQuery:
     if (request.candidates is None) == (request.items is None):
         raise InvalidInput("invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
                            "or 'items' (inline features)")
+    if request.include is not None and len(set(request.include)) != len(request.include):
+        raise InvalidInput("invalid_field", f"{where}: {INCLUDE_RULE} (an option is named twice)")
     if request.candidates is not None:
         return RerankQuery(normalize_image_ids(request.candidates, "candidates"), request.top_k,
                            include=request.include)
@@ -324,8 +334,7 @@ def parse_rerank(data: Any, where: str = "body", extra_keys: frozenset = frozens
     include = data.get("include")
     if include is not None and (not isinstance(include, list) or any(i not in INCLUDE_OPTIONS for i in include)
                                 or len(set(include)) != len(include)):
-        raise InvalidInput("invalid_field", f"{where}: include must be a list of distinct options from "
-                           f"{list(INCLUDE_OPTIONS)}")
+        raise InvalidInput("invalid_field", f"{where}: {INCLUDE_RULE}")
     has_ids, has_items = data.get("candidates") is not None, data.get("items") is not None
     if has_ids == has_items:
         raise InvalidInput("invalid_body", f"{where} must hold exactly one of 'candidates' (image ids) "
@@ -448,6 +457,10 @@ class NextResponse(BaseModel):
     user_id: str
     image_ids: list[str]
     phase: Literal["seed", "active", "done"]
+    strategy: Literal["posterior", "active-pam"] = Field(description=(
+        "how the photos were chosen: 'posterior' (the served version has a taste prior: the photos whose "
+        "ratings most reduce the expected variance of the album's ranking, each pick of a page conditioned "
+        "on the ones before) or 'active-pam' (the paper's eq. 6 after a seeded random start)"))
     n_ratings: int
     album_size: int
     ratings_version: int
@@ -455,7 +468,10 @@ class NextResponse(BaseModel):
 
 
 class GainEstimate(BaseModel):
-    value: float | None
+    value: float | None = Field(description="null below min_ratings")
+    model: Literal["prior-pam", "pam"] = Field(description=(
+        "the personal model measured (the one that re-ranks): 'prior-pam' when the served version has a "
+        "taste prior, 'pam' otherwise"))
     min_ratings: int
     method: str
 

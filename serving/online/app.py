@@ -169,8 +169,9 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
     `async user_model(key) -> UserModel`: the routes of serving.online.routes, errors mapped by
     serving.online.http_errors, Admission in front."""
     app = FastAPI(title="pam personalization service", version="1",
-                  description="Personalized image aesthetics (PAM, Active-PAM) per user, over one feature-store "
-                  "model version. Errors are JSON objects {detail, error, ...} naming the problem.",
+                  description="Personalized image aesthetics per user (Prior-PAM and the posterior rating "
+                  "strategy when the served feature-store model version has a taste prior; PAM and Active-PAM "
+                  "otherwise), over one feature-store model version. Errors are JSON objects {detail, error, ...} naming the problem.",
                   openapi_url=f"{m.API_PREFIX}/openapi.json", docs_url=f"{m.API_PREFIX}/docs", redoc_url=None)
     app.state.runtime = runtime
     http_errors.install(app)

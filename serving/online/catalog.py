@@ -11,7 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from personalize.features import pam_input
+from personalize.prior import TastePrior
 from serving.feature_table.store import FeatureRows, FeatureStore
+from serving.online import prior_model
 from serving.online.errors import InvalidInput, NotFound
 
 # Uploaded photos live in their tenant's namespace: stored as TENANT_MARK tenant TENANT_MARK id.
@@ -64,13 +66,15 @@ def pam_matrix(rows: FeatureRows) -> np.ndarray:
 
 
 class Catalog:
-    """One model version: the feature store opened at it and the backend that scores new photos.
+    """One model version: the feature store opened at it, the backend that scores new photos, and
+    the version's taste prior (None when it has none or the service is told not to use it).
 
     The service swaps a Catalog as a whole (atomic version switch); a request takes one reference
     at its start and uses only that, so no reply mixes rows of two versions.
     """
 
-    def __init__(self, feature_root: str, model: str | None = None, model_version: str | None = None):
+    def __init__(self, feature_root: str, model: str | None = None, model_version: str | None = None,
+                 use_prior: bool = True):
         self.backend = _open_backend(model) if model else None
         version = model_version or (self.backend.model_version if self.backend is not None else None)
         self.store = FeatureStore.open(feature_root, model_version=version)
@@ -78,6 +82,9 @@ class Catalog:
         if self.backend is not None and self.backend.model_version != self.model_version:
             raise ValueError(f"the model at {model} is version {self.backend.model_version!r} but the "
                              f"feature store serves {self.model_version!r}: versions never mix")
+        # the version's taste prior (`pam fit-prior`), read with the version: a switch reads the new one's
+        self.stored_prior = prior_model.load_served_prior(self.store) if use_prior else None
+        self.prior: TastePrior | None = prior_model.served(self.stored_prior)
 
     def lookup(self, image_ids: Sequence[str], tenant: str | None = None) -> tuple[FeatureRows, list[str]]:
         """The store's lookup, plus the photos `tenant` uploaded (catalog ids first: an upload

@@ -169,8 +169,9 @@ async def add_ratings(user_id: UserIdPath, request: Request):
 
 async def next_photos(user_id: UserIdPath, request: Request,
                       n: Annotated[int, Query(ge=1, le=m.MAX_SUGGESTIONS)] = 1):
-    """The next n album photos for the user to rate (Active-PAM: seeded random photos first,
-    then eq. 6); never a photo already rated."""
+    """The next n album photos for the user to rate; never a photo already rated. With a taste
+    prior in the served version: the posterior strategy (`strategy: posterior`), else Active-PAM
+    (seeded random photos first, then eq. 6)."""
     tenant = _tenant(request)
     m.check_user_id(user_id)
     model, _ = await _fresh_model(request, tenant, user_id)
@@ -179,7 +180,9 @@ async def next_photos(user_id: UserIdPath, request: Request,
 
 async def rerank(user_id: UserIdPath, request: Request):
     """Re-rank up to 1,000 candidates (ids in the store, or inline features) by the user's
-    PAM model; a user with no ratings gets the generic scores, with `fallback` saying so."""
+    personal model (Prior-PAM when the served version has a taste prior, else PAM); a user with no
+    ratings gets the generic scores (or, when the prior measured it to help, the population
+    offset), with `fallback` saying so. `include: ["uncertainty"]` adds each photo's `std`."""
     tenant = _tenant(request)
     m.check_user_id(user_id)
     query = m.decode_rerank(await request.body())

@@ -6,10 +6,12 @@ the catalog of one model version (serving.online.catalog) and photo scoring
 *predict* (the methods below), *encode* (`encode_json`). What goes wrong is raised as the errors of
 serving.online.errors, never as HTTP statuses.
 
-Per-user state is a `UserModel`: the album's feature rows, PAM fit on every stored rating, and
-(lazily) the Active-PAM state. It carries the versions it was built from, so a caller can check it
-against the user store before each reply (read-your-writes across replicas; `ensure_fresh`). The
-user store is the source of truth; models are rebuilt from it, never pickled.
+Per-user state is a `UserModel`: the album's feature rows, the personal model fit on every stored
+rating (Prior-PAM when the served version has a taste prior, PAM otherwise: serving.online.
+prior_model), and (lazily) the rating strategy's state (the posterior strategy, or Active-PAM). It
+carries the versions it was built from, so a caller can check it against the user store before each
+reply (read-your-writes across replicas; `ensure_fresh`). The user store is the source of truth;
+models are rebuilt from it, never pickled.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import numpy as np
 from personalize.active import ActivePAM
 from personalize.features import SCORE_MAX, SCORE_MIN, W_AES_PAPER, pam_input, visual_vector
 from personalize.pam import PAM, estimate_gain, rbf_offsets
-from serving.online import taste
+from personalize.prior import PriorPAM, TastePrior
+from personalize.strategy import PosteriorStrategy
+from serving.online import prior_model, taste
 from serving.online.api_models import (
     MAX_ALBUM_IDS,
     MAX_SCORE_IDS,
@@ -85,6 +89,9 @@ class ServiceConfig:
     min_ratings_for_gain: int = 10
     w_aes: float = W_AES_PAPER
     pam_params: dict = field(default_factory=dict)
+    # the served version's taste prior, when it has one (Prior-PAM and the posterior strategy);
+    # False: PAM and Active-PAM whatever the version holds
+    use_prior: bool = True
     # BLAS threads in this process. The service's matrices are small (1,000 x 20 by a few dozen
     # support vectors); a second BLAS thread only adds wake-up latency (20 ms instead of 1 ms per
     # re-rank on a busy 2-core machine). None leaves the process's setting alone.
@@ -124,12 +131,30 @@ def user_seed(tenant: str, user_id: str) -> int:
 @dataclass(frozen=True)
 class Fit:
     """What a reply needs of a user model, swapped in whole: a concurrent reader sees the versions
-    together with the PAM fit on exactly those ratings, never new versions beside an old model."""
+    together with the model fit on exactly those ratings, never new versions beside an old model.
+
+    `pam` is the personal model (PAM, or PriorPAM under `prior`), None before the first rating."""
 
     versions: Versions
     model_version: str
-    pam: PAM | None
+    pam: PAM | PriorPAM | None
     n_ratings: int
+    prior: TastePrior | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The personal model's name: prior-pam (the version has a taste prior) or pam."""
+        return prior_model.MODEL_PRIOR if self.prior is not None else prior_model.MODEL_PAM
+
+    @property
+    def fallback(self) -> str | None:
+        """Why a reply is not personalized, when it is not."""
+        if self.pam is not None:
+            return None
+        if self.prior is not None and self.prior.use_population_offset:
+            return ("population offset: the user has no ratings yet (the taste prior's mean offset, measured "
+                    "to beat the generic score on held-out raters)")
+        return "generic scores: the user has no ratings yet"
 
     def covers(self, versions: Versions, model_version: str) -> bool:
         """True when this fit includes every change up to `versions` (read-your-writes)."""
@@ -138,15 +163,28 @@ class Fit:
                 and mine.album >= versions.album and self.model_version == model_version)
 
     def predict(self, x: np.ndarray, aes_score: np.ndarray) -> np.ndarray:
-        """The user's scores for rows x [n, 20] with generic scores [n] (generic without ratings)."""
-        if self.pam is None:
-            return np.asarray(aes_score, dtype=np.float64)
+        """The user's scores for rows x [n, 20] with generic scores [n] (without ratings: generic,
+        or generic plus the population offset when the prior says it helps)."""
         pam = self.pam
+        if pam is None:
+            return prior_model.zero_rating_scores(self.prior, x, aes_score)
+        if isinstance(pam, PriorPAM):
+            return pam.predict(np.column_stack([x, aes_score]))
         return aes_score + rbf_offsets(x, pam.support_vectors_, pam.dual_coef_, pam.intercept_, pam.gamma_)
+
+    def predict_std(self, x: np.ndarray, aes_score: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(scores, their predictive s.d.): the posterior s.d. under the taste prior; None without
+        one (PAM has no predictive distribution)."""
+        if self.prior is None:
+            return self.predict(x, aes_score), None
+        model = self.pam if self.pam is not None else prior_model.empty_model(self.prior)
+        return model.predict(np.column_stack([x, aes_score]), return_std=True)
 
 
 class UserModel:
-    """One user's album rows, PAM fit on all stored ratings (`fit`), and (lazily) Active-PAM.
+    """One user's album rows, the personal model fit on all stored ratings (`fit`: Prior-PAM under
+    the version's taste prior, else PAM), and (lazily) the rating strategy (`active`: the posterior
+    strategy under a prior, else Active-PAM), both rebuilt from the stored ratings alone.
 
     `fit` is read without a lock (the re-rank path); everything else is read and changed under
     `lock`, and `fit` is assigned last, once the rest is consistent.
@@ -173,20 +211,28 @@ class UserModel:
         self.album_unavailable = len(missing) + (len(found.failed) if found is not None else 0)
         self.album_index = {image_id: i for i, image_id in enumerate(self.album_ids)}
         self.scores: dict[str, float] = dict(zip(snapshot.rated_ids, snapshot.scores, strict=True))
-        self._active: ActivePAM | None = None
+        self.prior: TastePrior | None = catalog.prior  # the version's: a version switch rebuilds
+        self._active: ActivePAM | PosteriorStrategy | None = None
         self._gain: tuple[int, float | None] | None = None
-        self.fit = Fit(snapshot.versions, catalog.model_version, self._fit_pam(), len(self.scores))
+        self.fit = Fit(snapshot.versions, catalog.model_version, self._fit_pam(), len(self.scores), self.prior)
 
     def _rated_pairs(self) -> list[tuple[int, float]]:
         return [(self.album_index[i], s) for i, s in self.scores.items() if i in self.album_index]
 
-    def _fit_pam(self) -> PAM | None:
+    def _fit_pam(self) -> PAM | PriorPAM | None:
         pairs = self._rated_pairs()
         if not pairs:
             return None
         idx = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
         y = np.fromiter((p[1] for p in pairs), np.float64, len(pairs))
-        return PAM(**self._config.pam_params).fit(self.X[idx], y)
+        return self._new_model().fit(self.X[idx], y)
+
+    def _new_model(self) -> PAM | PriorPAM:
+        return PriorPAM(self.prior) if self.prior is not None else PAM(**self._config.pam_params)
+
+    @property
+    def strategy_name(self) -> str:
+        return prior_model.STRATEGY_POSTERIOR if self.prior is not None else prior_model.STRATEGY_ACTIVE_PAM
 
     @property
     def versions(self) -> Versions:
@@ -201,7 +247,7 @@ class UserModel:
         return self.fit.n_ratings
 
     @property
-    def pam(self) -> PAM | None:
+    def pam(self) -> PAM | PriorPAM | None:
         return self.fit.pam
 
     def covers(self, versions: Versions, model_version: str) -> bool:
@@ -223,25 +269,34 @@ class UserModel:
         self._gain = None
         if self._active is not None:
             self._active.add_ratings((self.album_index[i], s) for i, s in changed if i in self.album_index)
-            pam = self._active.model
+            # the strategy's model is the one fit on the same ratings (the posterior strategy's is
+            # the prior's own before any rating: the reply's model is None then)
+            pam = self._active.model if self._active.rated_indices.size else None
         else:
             pam = self._fit_pam()
-        self.fit = Fit(snapshot.versions, fit.model_version, pam, len(self.scores))
+        self.fit = Fit(snapshot.versions, fit.model_version, pam, len(self.scores), self.prior)
 
     @property
-    def active(self) -> ActivePAM:
+    def active(self) -> ActivePAM | PosteriorStrategy:
+        """The rating strategy's state, replayed from the stored ratings (the same suggestions on
+        every replica and after a restart)."""
         if self._active is None:
-            state = ActivePAM(self.V, self.X, seed=user_seed(self.tenant, self.user_id),
-                              pam_params=self._config.pam_params)
-            state.add_ratings(self._rated_pairs())
-            self._active = state
+            seed = user_seed(self.tenant, self.user_id)
+            if self.prior is not None:
+                self._active = PosteriorStrategy.rebuild(self.V, self.X, self._rated_pairs(), prior=self.prior,
+                                                         seed=seed)
+            else:
+                state = ActivePAM(self.V, self.X, seed=seed, pam_params=self._config.pam_params)
+                state.add_ratings(self._rated_pairs())
+                self._active = state
         return self._active
 
     def predict(self, x: np.ndarray, aes_score: np.ndarray) -> np.ndarray:
         return self.fit.predict(x, aes_score)
 
     def gain(self) -> float | None:
-        """Cross-validated rho(PAM) - rho(generic) over the ratings (None below the minimum)."""
+        """Cross-validated rho(model) - rho(generic) over the ratings, of the user's personal model
+        (Prior-PAM or PAM: `fit.model_name`); None below the minimum."""
         ratings_version = self.fit.versions.ratings
         if self._gain is None or self._gain[0] != ratings_version:
             pairs = self._rated_pairs()
@@ -250,6 +305,7 @@ class UserModel:
                 idx = np.array([p[0] for p in pairs])
                 y = np.array([p[1] for p in pairs])
                 value = estimate_gain(self.X[idx], y, min_ratings=self._config.min_ratings_for_gain,
+                                      make_model=self._new_model if self.prior is not None else None,
                                       **self._config.pam_params)
             self._gain = (ratings_version, value)
         return self._gain[1]
@@ -305,7 +361,7 @@ class PersonalizationService:
 
             self._blas_limit = blas_threads(self.config.blas_threads)
         self.users: UserStore = open_user_store(self.config.user_store)
-        self.catalog = Catalog(self.config.feature_root, self.config.model)
+        self.catalog = Catalog(self.config.feature_root, self.config.model, use_prior=self.config.use_prior)
         self._key_hashes = {hashlib.sha256(k.encode()).digest(): t for k, t in (self.config.api_keys or {}).items()}
         self._switch_lock = threading.Lock()
         self.photos = Photos(lambda: self.catalog, self.config.photos_root, self.config.thumbnail_dir)
@@ -314,7 +370,7 @@ class PersonalizationService:
     def switch_model(self, model: str | None, model_version: str | None = None) -> str:
         """Open the new version completely, then swap it in with one assignment (atomic)."""
         with self._switch_lock:
-            new = Catalog(self.config.feature_root, model, model_version)
+            new = Catalog(self.config.feature_root, model, model_version, use_prior=self.config.use_prior)
             # requests in flight keep their reference to the old catalog until they reply
             self.catalog = new
             self.config.model = model
@@ -440,7 +496,11 @@ class PersonalizationService:
             ids = rows.image_ids
             x = pam_input(rows.attributes, rows.content)
             generic = rows.aes_score.astype(np.float64)
-        scores = fit.predict(x, generic)
+        std = None
+        if "uncertainty" in query.include:
+            scores, std = fit.predict_std(x, generic)
+        else:
+            scores = fit.predict(x, generic)
         if not np.isfinite(scores).all():
             raise InvalidInput("non_finite_score", "these features give a non-finite score; send features "
                                "as the service's photo scoring returns them")
@@ -451,7 +511,7 @@ class PersonalizationService:
         reply = {
             "user_id": model.user_id,
             "personalized": fit.pam is not None,
-            "fallback": None if fit.pam is not None else "generic scores: the user has no ratings yet",
+            "fallback": fit.fallback,
             "model_version": catalog.model_version,
             "ratings_version": fit.versions.ratings,
             "n_ratings": fit.n_ratings,
@@ -462,6 +522,9 @@ class PersonalizationService:
             "scores": np.round(np.clip(scores[order], SCORE_MIN, SCORE_MAX), SCORE_DECIMALS),
             "generic_scores": np.round(generic[order], SCORE_DECIMALS),
         }
+        if "uncertainty" in query.include:
+            # the predicted score's posterior s.d. (score units, unclipped); null without a prior
+            reply["std"] = None if std is None else np.round(std[order], SCORE_DECIMALS)
         if "reasons" in query.include:
             reply["reasons"] = taste.rerank_reasons(model, fit, x[order], generic[order], catalog)
         return reply
@@ -474,22 +537,25 @@ class PersonalizationService:
                 chosen, phase = [], "done"
             else:
                 active = model.active
-                chosen = active.suggest(n)
+                chosen = active.suggest(n)  # a page of n: each pick conditioned on the ones before
                 seeds = set(active.seed_indices.tolist())
                 phase = "done" if not chosen else ("seed" if all(i in seeds for i in chosen) else "active")
+            strategy = model.strategy_name
         return {"user_id": model.user_id, "image_ids": [model.album_ids[i] for i in chosen], "phase": phase,
-                "n_ratings": model.n_ratings, "album_size": len(model.album_ids),
+                "strategy": strategy, "n_ratings": model.n_ratings, "album_size": len(model.album_ids),
                 "ratings_version": model.versions.ratings, "model_version": model.model_version}
 
     def user_state(self, model: UserModel) -> dict:
         with model.lock:
             gain = model.gain()
+            fit = model.fit
         return {"user_id": model.user_id, "tenant": model.tenant, "n_ratings": model.n_ratings,
                 "album_size": len(model.album_ids), "album_unavailable": model.album_unavailable,
                 "ratings_version": model.versions.ratings, "album_version": model.versions.album,
                 "model_version": model.model_version, "personalized": model.pam is not None,
-                "gain": {"value": gain, "min_ratings": self.config.min_ratings_for_gain,
-                         "method": "5-fold cross-validated mean of rho(PAM) - rho(generic) over the user's ratings"}}
+                "gain": {"value": gain, "model": fit.model_name, "min_ratings": self.config.min_ratings_for_gain,
+                         "method": "5-fold cross-validated mean of rho(model) - rho(generic) over the user's "
+                                   "ratings"}}
 
     # ------------------------------------------------------------------ operations
     def ready(self) -> dict:
@@ -503,6 +569,7 @@ class PersonalizationService:
         checks["feature_store"] = f"ok: {catalog.model_version}, {len(catalog.store)} rows"
         checks["backend"] = (f"ok: {type(catalog.backend).__name__}" if catalog.backend is not None
                              else "none (scoring new photos disabled)")
+        checks["prior"] = prior_model.prior_check(catalog.prior, catalog.stored_prior)
         return {"ready": checks["user_store"] == "ok", "checks": checks}
 
     def info(self) -> dict:
@@ -510,4 +577,5 @@ class PersonalizationService:
         return {"model_version": catalog.model_version, "feature_rows": len(catalog.store),
                 "backend": type(catalog.backend).__name__ if catalog.backend is not None else None,
                 "user_store": type(self.users).__name__, "photos_root": bool(self.photos.photos_root),
-                "auth": "api-key" if self._key_hashes else "open", "user_id_pattern": USER_ID_PATTERN}
+                "auth": "api-key" if self._key_hashes else "open", "user_id_pattern": USER_ID_PATTERN,
+                "prior": prior_model.prior_summary(catalog.prior)}

@@ -143,6 +143,26 @@ def test_errors_carry_the_service_code_and_detail(service, call, status, code, w
     assert not isinstance(err.value, ServiceUnavailable)
 
 
+def test_include_asks_for_optional_reply_parts(service):
+    """The service here has no taste prior: std is None (PAM has no predictive distribution)."""
+    ids = service["ids"]
+    with Client(service["url"], timeout=30) as client:
+        client.add_album("cli-inc", ids[:20])
+        client.rate("cli-inc", {i: 1 + k % 5 for k, i in enumerate(ids[:10])})
+        plain = client.rerank("cli-inc", ids[:20])
+        assert plain.std is None and plain.reasons is None and "std" not in plain.raw
+        ranking = client.rerank("cli-inc", ids[:20], include=["uncertainty", "reasons"])
+        assert ranking.std is None and "std" in ranking.raw and len(ranking.reasons["keys"]) == 20
+        assert ranking.image_ids == plain.image_ids
+        many = client.rerank_many([("cli-inc", ids[:5]), {"user_id": "cli-inc", "candidates": ids[:5],
+                                                          "include": []}], include="reasons")
+        assert len(many[0].reasons["keys"]) == 5 and many[1].reasons is None  # a query's own include wins
+        with pytest.raises(ApiError) as err:
+            client.rerank("cli-inc", ids[:5], include=["everything"])
+        assert err.value.status == 422 and "include" in err.value.detail
+        assert client.user("cli-inc").gain_model == "pam" and client.next("cli-inc").strategy == "active-pam"
+
+
 def test_api_keys_and_tenants(keyed_service):
     ids = keyed_service["ids"]
     with Client(keyed_service["url"]) as anonymous:

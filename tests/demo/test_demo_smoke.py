@@ -48,7 +48,15 @@ def test_pam_demo_runs_the_whole_pipeline(tmp_path):
     sessions = personal["sessions"]
     assert {s["strategy"] for s in sessions} == {"active", "random"} and len(sessions) == 4
     active = next(s for s in sessions if s["strategy"] == "active")
-    assert active["phases"][:10] == ["seed"] * 10 and "active" in active["phases"][10:]
+    # the demo fits a taste prior; the service serves it unless it lost to PAM in its own
+    # cross-validation, and then suggests by the posterior strategy (no random start)
+    from personalize.prior import load_prior
+    from serving.online.prior_model import served
+
+    if served(load_prior(summary["prior"]["path"])) is not None:
+        assert set(active["phases"]) == {"active"}
+    else:
+        assert active["phases"][:10] == ["seed"] * 10 and "active" in active["phases"][10:]
     assert summary["service"]["requests"] > 4 * personal["budget"]
     assert [c.split()[1] for c in summary["commands"]] == ["train", "export", "features", "index", "fit-prior",
                                                            "serve"]

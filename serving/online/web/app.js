@@ -1,11 +1,11 @@
-// The curation page: Active-PAM's suggestions to rate (keys 1-5 or clicks), and the user's album
+// The curation page: the service's suggestions to rate (the posterior strategy or Active-PAM) (keys 1-5 or clicks), and the user's album
 // re-ranked by the service after every rating. Plain ES module, no build step; it talks only to
 // the service's public API under /v1 (same origin).
 
 import { renderTaste } from "./taste.js";
 
 const API = "/v1";
-const SUGGESTIONS = 4;          // photos offered at once (the service's batch mode of Active-PAM)
+const SUGGESTIONS = 4;          // photos offered at once (the service's batch mode)
 const MAX_CANDIDATES = 1000;    // the re-rank endpoint's limit per call
 const THUMB = (id, size) => `${API}/photos/thumbnail?image_id=${encodeURIComponent(id)}&size=${size}`;
 
@@ -105,8 +105,10 @@ async function refresh() {
 function renderSuggestions(next) {
   const list = $("#suggestions");
   list.replaceChildren();
+  const chosen = next.strategy === "posterior" ? "(the photos whose ratings tell most about your taste)"
+    : "(chosen by Active-PAM to learn your taste fastest)";
   $("#phase").textContent = next.phase === "seed" ? "(a first random set, as Active-PAM starts)"
-    : next.phase === "active" ? "(chosen by Active-PAM to learn your taste fastest)" : "(every photo is rated)";
+    : next.phase === "active" ? chosen : "(every photo is rated)";
   const template = $("#suggestion-template");
   state.suggestions.forEach((id, k) => {
     const item = template.content.firstElementChild.cloneNode(true);
