@@ -45,7 +45,9 @@ REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
 _REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
 # what an image id may not hold (control characters) and the spellings that normalization removes
 _ID_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ID_ALIAS = re.compile(r"(?:^|/)\.(?:/|$)|//|/$", re.MULTILINE)
+# an alias has an empty or '.' path segment; in ids joined by newlines, one of these substrings shows
+# it (plain substring searches: a regex over the 1,000 ids of a re-rank took 0.5 ms)
+_ALIAS_MARKS = ("//", "\n/", "/\n", "/./", "\n./", "/.\n")
 USER_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ @ -, starting with a letter or digit, no '..'"
 
 
@@ -79,15 +81,23 @@ def normalize_image_ids(ids: list[str], field: str) -> list[str]:
             unicode_ok = True
         except UnicodeEncodeError:
             unicode_ok = False
-        if not unicode_ok or blob.count("\n") != len(ids) - 1 or _ID_CONTROL.search(blob.replace("\n", "")):
+        # isprintable: no control character (nor some harmless ones, which take the precise path)
+        if not unicode_ok or not " ".join(ids).isprintable():
             bad = [i for i in ids if _ID_CONTROL.search(i) or not _encodable(i)]
-        elif not _ID_ALIAS.search(blob):
+        elif not _has_alias(blob):
             return ids
     if bad:
         raise InvalidInput("invalid_image_id", f"'{field}' holds {len(bad)} invalid image ids (each must be "
                            f"a string of 1-{MAX_IMAGE_ID_CHARS} characters, valid Unicode, no control characters)",
                            invalid=[ascii(b)[:100] for b in bad[:20]])
     return [normalize_image_id(i) for i in ids]
+
+
+def _has_alias(blob: str) -> bool:
+    """Whether any of the newline-joined ids has an empty or '.' segment (false positives only cost
+    the normalizing pass; a false negative would keep an alias)."""
+    return (blob.startswith(("/", "./")) or blob.endswith(("/", "/."))
+            or any(mark in blob for mark in _ALIAS_MARKS))
 
 
 def _encodable(text: str) -> bool:
