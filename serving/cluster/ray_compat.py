@@ -154,9 +154,26 @@ def release_scorers(registry: ScorerRegistry, timeout_s: float = 120.0, poll_s: 
 
 # ---------------------------------------------------------------- 2. pipelines that stop producing
 
+def track_executor(ds):
+    """Make `ds` remember the executor of its next execution as soon as it is created. Ray Data sets
+    `ds._current_executor` only once the first block is out, so an execution whose actors never
+    start (a retry after a lost node) could not be shut down before its first block."""
+    create = getattr(ds, "_create_executor", None)
+    if create is None:
+        return ds
+
+    def create_and_keep():
+        executor = create()
+        ds._pam_executor = executor
+        return executor
+
+    ds._create_executor = create_and_keep
+    return ds
+
+
 def shutdown_execution(ds, error: BaseException) -> bool:
-    """Stop a Dataset's running execution, making its iterator raise; False if none runs yet."""
-    executor = getattr(ds, "_current_executor", None)  # set once the first block is out
+    """Stop a Dataset's running execution (its iterator then ends or raises); False if none runs yet."""
+    executor = getattr(ds, "_current_executor", None) or getattr(ds, "_pam_executor", None)
     if executor is None:
         return False
     executor.shutdown(force=True, exception=error)
@@ -188,7 +205,7 @@ class StallWatchdog:
 
     def __init__(self, ds, stall_timeout_s: float, node_loss_grace_s: float, poll_s: float = 1.0,
                  nodes: Callable[[], set[str]] = alive_node_ids, startup_timeout_s: float | None = None):
-        self._ds = ds
+        self._ds = track_executor(ds)
         self._stall_timeout_s = stall_timeout_s
         self._node_loss_grace_s = node_loss_grace_s
         self._poll_s = min(poll_s, stall_timeout_s / 2)
@@ -234,7 +251,9 @@ class StallWatchdog:
 
     def _abort(self, reason: str) -> None:
         self.reason = reason
-        shutdown_execution(self._ds, PipelineStalled(reason))
+        while not shutdown_execution(self._ds, PipelineStalled(reason)):  # not started yet: once it is
+            if self._stop.wait(self._poll_s):
+                return
 
 
 # ---------------------------------------------------------------- 5. which failures to retry

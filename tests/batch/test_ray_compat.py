@@ -91,6 +91,31 @@ def test_a_running_execution_can_be_shut_down(local_ray):
 
 
 @pytest.mark.ray
+def test_an_execution_whose_first_block_never_comes_is_ended(local_ray):
+    """Workaround 2 before the first block: Ray Data sets Dataset._current_executor only once a block
+    is out, so the watchdog keeps the executor from its creation (a retry whose actors never start
+    hung in CI until the test's 600 s limit)."""
+    import ray.data
+
+    def stuck(batch):
+        time.sleep(20)
+        return batch
+
+    ds = ray.data.range(4, override_num_blocks=2).map_batches(stuck, batch_size=2)
+    watchdog = ray_compat.StallWatchdog(ds, stall_timeout_s=60, node_loss_grace_s=30, poll_s=0.1,
+                                        startup_timeout_s=2)
+    started = time.monotonic()
+    with watchdog:
+        try:
+            for _ in ds.iter_batches(batch_size=None, prefetch_batches=0):
+                watchdog.batch_arrived()
+        except Exception as error:
+            assert ray_compat.is_ray_failure(error) or "no first batch" in repr(error)
+    assert watchdog.reason and "no first batch" in watchdog.reason
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.ray
 def test_map_batches_takes_max_restarts_without_a_warning(local_ray, recwarn):
     """Workaround 3: the **ray_remote_args route is accepted (and quiet) for max_restarts."""
     import ray.data
