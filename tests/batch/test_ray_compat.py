@@ -140,18 +140,25 @@ def test_ray_failures_are_told_from_bugs():
     assert not ray_compat.is_ray_failure(ValueError("a bug of ours"))
 
 
+class _Executor:
+    """What the watchdog calls of a Ray Data executor: shutdown, remembered."""
+
+    def __init__(self):
+        self.stopped = None
+
+    def shutdown(self, force, exception):
+        self.stopped = exception
+
+
+def _fake_dataset():
+    executor = _Executor()
+    return type("Dataset", (), {"_current_executor": executor})(), executor
+
+
 def test_watchdog_aborts_on_a_lost_node_sooner_than_on_a_stall():
-    class Executor:
-        stopped = None
-
-        def shutdown(self, force, exception):
-            Executor.stopped = exception
-
-    class Dataset:
-        _current_executor = Executor()
-
+    dataset, executor = _fake_dataset()
     nodes = [{"a", "b"}]
-    watchdog = ray_compat.StallWatchdog(Dataset(), stall_timeout_s=60, node_loss_grace_s=0.1, poll_s=0.02,
+    watchdog = ray_compat.StallWatchdog(dataset, stall_timeout_s=60, node_loss_grace_s=0.1, poll_s=0.02,
                                         nodes=lambda: nodes[-1])
     with watchdog:
         watchdog.batch_arrived()
@@ -160,31 +167,23 @@ def test_watchdog_aborts_on_a_lost_node_sooner_than_on_a_stall():
         while watchdog.reason is None and time.monotonic() < deadline:
             time.sleep(0.02)
     assert watchdog.reason and "1 node(s) lost" in watchdog.reason
-    assert isinstance(Executor.stopped, ray_compat.PipelineStalled)
+    assert isinstance(executor.stopped, ray_compat.PipelineStalled)
 
 
 def test_watchdog_ends_a_pipeline_whose_first_batch_never_comes():
     """A retry after a lost node whose actors never start: without a first batch the watchdog
     still ends it after its start-up limit (and never before: start-up is not a stall)."""
-    class Executor:
-        stopped = None
-
-        def shutdown(self, force, exception):
-            Executor.stopped = exception
-
-    class Dataset:
-        _current_executor = Executor()
-
-    patient = ray_compat.StallWatchdog(Dataset(), stall_timeout_s=60, node_loss_grace_s=0.1, poll_s=0.02,
+    dataset, executor = _fake_dataset()
+    patient = ray_compat.StallWatchdog(dataset, stall_timeout_s=60, node_loss_grace_s=0.1, poll_s=0.02,
                                        nodes=lambda: {"a"})
     with patient:
         time.sleep(0.3)
-    assert patient.reason is None and Executor.stopped is None
-    watchdog = ray_compat.StallWatchdog(Dataset(), stall_timeout_s=60, node_loss_grace_s=0.1, poll_s=0.02,
+    assert patient.reason is None and executor.stopped is None
+    watchdog = ray_compat.StallWatchdog(dataset, stall_timeout_s=60, node_loss_grace_s=0.1, poll_s=0.02,
                                         nodes=lambda: {"a"}, startup_timeout_s=0.2)
     with watchdog:
         deadline = time.monotonic() + 10
         while watchdog.reason is None and time.monotonic() < deadline:
             time.sleep(0.02)
     assert watchdog.reason and "no first batch" in watchdog.reason
-    assert isinstance(Executor.stopped, ray_compat.PipelineStalled)
+    assert isinstance(executor.stopped, ray_compat.PipelineStalled)
