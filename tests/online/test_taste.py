@@ -25,8 +25,12 @@ from tests.online.conftest import ThreadedServer
 N_PHOTOS = 120
 N_USERS = 20
 N_RATED = 20
-# plain PAM (C = 1, gamma = 0.1) finds both for 16 of these 20 users; IC and GL correlate 0.8 here
-MIN_HITS = 15
+MIN_HITS = 18
+# a content class is planted only where the album shows it: its probability's s.d. over the album at
+# least MIN_CLASS_SD. PAM's RBF kernel works on raw probabilities, so a class that tops out at 0.26
+# (s.d. 0.06; most photos 0.005) barely moves the kernel: with all 120 photos rated, a planted -0.5
+# per s.d. on such a class comes back at -0.04 to -0.08 (docs/personalize.md, "What PAM can learn")
+MIN_CLASS_SD = 0.1
 NAMES = [["tabby", "tiger cat", "Egyptian cat"], ["daisy"], *([[]] * 8)]
 
 
@@ -81,7 +85,7 @@ def test_planted_tastes_come_back_in_the_top_three_with_their_signs(taste_api):
     x = np.hstack([f["attributes"], f["content"]]).astype(np.float64)
     sd = x.std(0)
     attrs = [j for j in range(10) if sd[j] > 0.1]
-    classes = [k for k in range(10) if sd[10 + k] > 0.05]
+    classes = [k for k in range(10) if sd[10 + k] >= MIN_CLASS_SD]
     assert len(attrs) >= 5 and len(classes) >= 3, (sd, "the album's features barely vary")
     by_id = {i: r for r, i in enumerate(env["ids"])}
     hits, misses = 0, []
