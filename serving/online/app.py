@@ -24,6 +24,7 @@ from serving.online import api_models as m
 from serving.online import http_errors, routes
 from serving.online.errors import Overloaded, TimedOut, TooLarge
 from serving.online.http_errors import error_response
+from serving.online.loop_lag import LoopLag
 from serving.online.service import (
     LocalModelCache,
     PersonalizationService,
@@ -72,12 +73,15 @@ class EndpointMetrics:
 class Admission:
     """ASGI middleware in front of every endpoint: reads the whole body first (413 past the size
     limit, 408 when it stalls or crawls), then admits the request to work (at most MAX_ACTIVE at
-    once and MAX_WAITING waiting; beyond that 503 with Retry-After at once), and records metrics.
-    A request waiting for its body holds no work slot, so slow clients cannot starve the others."""
+    once and MAX_WAITING waiting; beyond that 503 with Retry-After at once; also 503 while the
+    event loop has a standing delay, `lag`), and records metrics. A request waiting for its body
+    holds no work slot, so slow clients cannot starve the others."""
 
-    def __init__(self, app, metrics: EndpointMetrics, max_active: int = MAX_ACTIVE, max_waiting: int = MAX_WAITING):
+    def __init__(self, app, metrics: EndpointMetrics, max_active: int = MAX_ACTIVE, max_waiting: int = MAX_WAITING,
+                 lag: LoopLag | None = None):
         self.app = app
         self.metrics = metrics
+        self._lag = lag
         self._max_active = max_active
         self._max_waiting = max_waiting
         self._slots: asyncio.Semaphore | None = None
@@ -127,6 +131,13 @@ class Admission:
 
         if path in UNGATED or path.startswith("/ui"):
             return await self.app(scope, replay, send)
+        if self._lag is not None:
+            self._lag.start()
+            held = self._lag.standing_delay_s()
+            if held:
+                exc = Overloaded(f"this replica has been more than {self._lag.target_s * 1e3:g} ms behind its "
+                                 f"requests for {held * 1e3:.0f} ms; retry after {RETRY_AFTER_S} s", RETRY_AFTER_S)
+                return await error_response(exc)(scope, receive, send)
         if self._queued >= self._max_active + self._max_waiting:
             exc = Overloaded(f"this replica is at capacity ({self._max_active} requests working, "
                              f"{self._max_waiting} waiting); retry after {RETRY_AFTER_S} s", RETRY_AFTER_S)
@@ -186,7 +197,10 @@ def create_app(runtime, metrics: bool = False) -> FastAPI:
 
         app.mount("/ui", StaticFiles(directory=WEB_DIR, html=True), name="ui")
 
-    app.add_middleware(Admission, metrics=EndpointMetrics(metrics))
+    config = runtime.service.config
+    lag = (LoopLag(config.queue_delay_target_ms / 1e3, config.queue_delay_interval_ms / 1e3)
+           if config.queue_delay_target_ms > 0 else None)
+    app.add_middleware(Admission, metrics=EndpointMetrics(metrics), lag=lag)
     build_openapi = app.openapi
 
     def openapi() -> dict:

@@ -96,6 +96,11 @@ class ServiceConfig:
     # support vectors); a second BLAS thread only adds wake-up latency (20 ms instead of 1 ms per
     # re-rank on a busy 2-core machine). None leaves the process's setting alone.
     blas_threads: int | None = 1
+    # overload: a replica whose event loop has been more than queue_delay_target_ms behind for a
+    # whole queue_delay_interval_ms refuses new work with 503 until it catches up
+    # (serving.online.loop_lag); a target of 0 turns this off (Admission's count limits still hold)
+    queue_delay_target_ms: float = 50.0
+    queue_delay_interval_ms: float = 100.0
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ServiceConfig:
@@ -107,6 +112,9 @@ class ServiceConfig:
         if config.api_keys is not None:
             for tenant in config.api_keys.values():
                 check_user_id(tenant)  # tenant names obey the user-id rule (they key the store too)
+        if not (config.queue_delay_target_ms >= 0 and config.queue_delay_interval_ms > 0):
+            raise ValueError(f"queue_delay_target_ms must be >= 0 and queue_delay_interval_ms > 0, got "
+                             f"{config.queue_delay_target_ms} and {config.queue_delay_interval_ms}")
         return config
 
     def to_dict(self) -> dict:
