@@ -6,16 +6,21 @@ retrieve the top N (the re-rank window), send the N ids to the service's re-rank
 has a deadline (default 50 ms): when the service is slow, down, refuses the query, or has no
 model for the user yet, the answer is the engine's own order with `personalized: false` and the
 reason. Personalization never makes search fail.
+
+`PersonalSearch` is for threaded callers (the deadline is kept by waiting on a worker thread);
+`AsyncPersonalSearch` for asyncio ones (a web framework's handlers): the same answers, the
+deadline kept by the loop, no thread per query.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from pam.client import ApiError, Client, ConnectionFailed, PamError, Ranking
+from pam.client import ApiError, AsyncClient, Client, ConnectionFailed, PamError, Ranking
 from pam.client import Timeout as ClientTimeout
 from serving.search.index import Hit, PhotoIndex
 
@@ -50,6 +55,65 @@ class SearchResult:
                 "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()}}
 
 
+def _engine_result(index: PhotoIndex, query: str, user_id: str | None, window: int, has_client: bool
+                   ) -> tuple[SearchResult, list[str] | None]:
+    """The engine's answer, and the ids to re-rank (None when there is nothing to personalize)."""
+    start = time.perf_counter()
+    hits = index.search(query, window)
+    result = SearchResult(query, user_id, hits, [], False, None, {"search": (time.perf_counter() - start) * 1e3})
+    if not hits:
+        result.reason = "no results"
+    elif user_id is None:
+        result.reason = "no user"
+    elif not has_client:
+        result.reason = "no personalization service configured"
+    else:
+        return result, [h.image_id for h in hits]
+    return result, None
+
+
+def _failure_reason(exc: BaseException, deadline_s: float) -> str:
+    if isinstance(exc, FutureTimeout | ClientTimeout | asyncio.TimeoutError):
+        return f"the re-rank did not answer within {deadline_s * 1e3:g} ms"
+    if isinstance(exc, ConnectionFailed):
+        return f"the personalization service is unreachable ({exc.attempts[-1] if exc.attempts else exc})"
+    if isinstance(exc, ApiError):
+        return f"the personalization service answered {exc.status} {exc.code}: {exc.detail}"
+    return f"the re-rank failed: {exc}"
+
+
+def _apply(result: SearchResult, ranking: Ranking) -> None:
+    result.n_ratings = ranking.n_ratings
+    if not ranking.personalized:
+        result.reason = ranking.fallback or "the service used the generic score"
+        return
+    result.personal = list(zip(ranking.image_ids, ranking.scores, strict=True))
+    result.personalized = True
+
+
+def _parts(user_id: str, ids: list[str]) -> list[tuple[str, list[str]]]:
+    return [(user_id, ids[k:k + MAX_CANDIDATES]) for k in range(0, len(ids), MAX_CANDIDATES)]
+
+
+def _merge(user_id: str, parts: list) -> Ranking:
+    """One ranking from the bulk endpoint's parts (personalized scores are absolute: they merge by score)."""
+    for part in parts:
+        if isinstance(part, ApiError):
+            raise part
+    rows = sorted(((s, i, g) for p in parts for i, s, g in zip(p.image_ids, p.scores, p.generic_scores,
+                                                                strict=True)), key=lambda r: -r[0])
+    first = parts[0]
+    return Ranking(user_id, [r[1] for r in rows], [r[0] for r in rows], [r[2] for r in rows],
+                   all(p.personalized for p in parts), first.fallback, first.model_version,
+                   first.ratings_version, first.n_ratings)
+
+
+def _finish(result: SearchResult, start: float, searched: float) -> SearchResult:
+    result.timings_ms["rerank"] = (time.perf_counter() - searched) * 1e3 if result.user_id and result.engine else 0.0
+    result.timings_ms["total"] = (time.perf_counter() - start) * 1e3
+    return result
+
+
 class PersonalSearch:
     """Search `index`, re-ranked for a user through the service at `base_url` (one URL or several
     direct-ingress replicas). The re-rank call gets `deadline_s` in all; it is not retried (a
@@ -69,64 +133,22 @@ class PersonalSearch:
 
     def search(self, query: str, user_id: str | None = None, window: int | None = None) -> SearchResult:
         start = time.perf_counter()
-        hits = self.index.search(query, window or self.window)
+        result, ids = _engine_result(self.index, query, user_id, window or self.window, self.client is not None)
         searched = time.perf_counter()
-        timings = {"search": (searched - start) * 1e3}
-        result = SearchResult(query, user_id, hits, [], False, None, timings)
-        if not hits:
-            result.reason = "no results"
-        elif user_id is None:
-            result.reason = "no user"
-        elif self.client is None:
-            result.reason = "no personalization service configured"
-        else:
-            self._personalize(result, [h.image_id for h in hits])
-        timings["rerank"] = (time.perf_counter() - searched) * 1e3 if user_id and hits and self.client else 0.0
-        timings["total"] = (time.perf_counter() - start) * 1e3
-        return result
-
-    def _personalize(self, result: SearchResult, ids: list[str]) -> None:
-        future = self._workers.submit(self._rerank, result.user_id, ids)
+        if ids is None:
+            return _finish(result, start, searched)
+        future = self._workers.submit(self._rerank, user_id, ids)
         try:
-            ranking = future.result(timeout=self.deadline_s)
-        except FutureTimeout:
+            _apply(result, future.result(timeout=self.deadline_s))
+        except (FutureTimeout, PamError) as exc:
             future.cancel()
-            result.reason = f"the re-rank did not answer within {self.deadline_s * 1e3:g} ms"
-            return
-        except ClientTimeout:
-            result.reason = f"the re-rank did not answer within {self.deadline_s * 1e3:g} ms"
-            return
-        except ConnectionFailed as exc:
-            result.reason = f"the personalization service is unreachable ({exc.attempts[-1] if exc.attempts else exc})"
-            return
-        except ApiError as exc:
-            result.reason = f"the personalization service answered {exc.status} {exc.code}: {exc.detail}"
-            return
-        except PamError as exc:
-            result.reason = f"the re-rank failed: {exc}"
-            return
-        result.n_ratings = ranking.n_ratings
-        if not ranking.personalized:
-            result.reason = ranking.fallback or "the service used the generic score"
-            return
-        result.personal = list(zip(ranking.image_ids, ranking.scores, strict=True))
-        result.personalized = True
+            result.reason = _failure_reason(exc, self.deadline_s)
+        return _finish(result, start, searched)
 
     def _rerank(self, user_id: str, ids: list[str]) -> Ranking:
         if len(ids) <= MAX_CANDIDATES:
             return self.client.rerank(user_id, ids, timeout=self.deadline_s, retries=0)
-        parts = self.client.rerank_many([(user_id, ids[k:k + MAX_CANDIDATES])
-                                         for k in range(0, len(ids), MAX_CANDIDATES)], timeout=self.deadline_s)
-        for part in parts:
-            if isinstance(part, ApiError):
-                raise part
-        # personalized scores are absolute: the parts merge by score
-        rows = sorted(((s, i, g) for p in parts for i, s, g in zip(p.image_ids, p.scores, p.generic_scores,
-                                                                    strict=True)), key=lambda r: -r[0])
-        first = parts[0]
-        return Ranking(user_id, [r[1] for r in rows], [r[0] for r in rows], [r[2] for r in rows],
-                       all(p.personalized for p in parts), first.fallback, first.model_version,
-                       first.ratings_version, first.n_ratings)
+        return _merge(user_id, self.client.rerank_many(_parts(user_id, ids), timeout=self.deadline_s))
 
     def close(self) -> None:
         self._workers.shutdown(wait=False, cancel_futures=True)
@@ -138,3 +160,46 @@ class PersonalSearch:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class AsyncPersonalSearch:
+    """PersonalSearch for asyncio callers: `await search(query, user_id)`. The engine's search runs
+    inline (it takes well under a millisecond at a window of 200); the re-rank is awaited under
+    `asyncio.wait_for`, so the deadline bounds the whole call with no worker thread."""
+
+    def __init__(self, index: PhotoIndex, base_url: str | list[str] | None, api_key: str | None = None,
+                 deadline_s: float = DEFAULT_DEADLINE_S, window: int = DEFAULT_WINDOW,
+                 client: AsyncClient | None = None):
+        self.index = index
+        self.deadline_s = deadline_s
+        self.window = window
+        self.client = client or (AsyncClient(base_url, api_key=api_key, timeout=deadline_s, retries=0)
+                                 if base_url else None)
+        self._own_client = client is None
+
+    async def search(self, query: str, user_id: str | None = None, window: int | None = None) -> SearchResult:
+        start = time.perf_counter()
+        result, ids = _engine_result(self.index, query, user_id, window or self.window, self.client is not None)
+        searched = time.perf_counter()
+        if ids is None:
+            return _finish(result, start, searched)
+        try:
+            _apply(result, await asyncio.wait_for(self._rerank(user_id, ids), self.deadline_s))
+        except (TimeoutError, PamError) as exc:
+            result.reason = _failure_reason(exc, self.deadline_s)
+        return _finish(result, start, searched)
+
+    async def _rerank(self, user_id: str, ids: list[str]) -> Ranking:
+        if len(ids) <= MAX_CANDIDATES:
+            return await self.client.rerank(user_id, ids, timeout=self.deadline_s, retries=0)
+        return _merge(user_id, await self.client.rerank_many(_parts(user_id, ids), timeout=self.deadline_s))
+
+    async def aclose(self) -> None:
+        if self._own_client and self.client is not None:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncPersonalSearch:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()

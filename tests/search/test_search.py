@@ -4,6 +4,7 @@ within the deadline when the service is slow or stops mid-run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from pam.client import Client
-from pam.search.personal import PersonalSearch
+from pam.search.personal import AsyncPersonalSearch, PersonalSearch
 from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT
 from serving.online.app import LocalRuntime, create_app
 from serving.search.index import describe, index_dir, open_for_feature_table
@@ -141,6 +142,33 @@ def test_a_slow_service_costs_search_only_its_deadline(photos_env):
     assert result.personalized is False and "within 50 ms" in result.reason
     assert result.image_ids == [h.image_id for h in index.search("dog", 200)]
     assert took < 1.0  # the service would have taken 2 s
+
+
+@pytest.mark.photos
+def test_the_asyncio_search_answers_as_the_threaded_one_and_keeps_its_deadline(photos_env):
+    """AsyncPersonalSearch: the same orders and reasons as PersonalSearch against the real service,
+    many queries at once on one loop, and a stalled service costs each only its deadline."""
+    index = open_for_feature_table(photos_env["root"])
+    queries = [("snake", USER), ("dog", USER), ("snake", "nobody-here"), ("snake", None), ("zzzqqq", USER)]
+    with PersonalSearch(index, photos_env["url"], deadline_s=5.0, window=30) as threaded:
+        expected = [threaded.search(q, u) for q, u in queries]
+
+    async def run():
+        async with AsyncPersonalSearch(index, photos_env["url"], deadline_s=5.0, window=30) as search:
+            together = await asyncio.gather(*(search.search(q, u) for q, u in queries * 4))
+        async with AsyncPersonalSearch(index, slow.url, deadline_s=0.05) as search:
+            start = time.monotonic()
+            stalled = await asyncio.gather(*(search.search("dog", USER) for _ in range(8)))
+            return together, stalled, time.monotonic() - start
+
+    with FlakyProxy(photos_env["url"], fail_first=1000, stall_s=2.0) as slow:
+        together, stalled, took = asyncio.run(run())
+    assert expected[0].personalized and expected[1].personalized
+    for got, want in zip(together, expected * 4, strict=True):
+        assert (got.image_ids, got.personalized, got.reason) == (want.image_ids, want.personalized, want.reason)
+    assert all(r.personalized is False and "within 50 ms" in r.reason for r in stalled)
+    assert stalled[0].image_ids == [h.image_id for h in index.search("dog", 200)]
+    assert took < 1.0  # eight queries at once, each cut at 50 ms; the service would take 2 s
 
 
 SERVICE_SCRIPT = """
