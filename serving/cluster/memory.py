@@ -1,4 +1,6 @@
-"""Memory a long-lived server process gives back: glibc's malloc keeps freed memory unless told.
+"""Memory a long-lived server process gives back, and the start-up heap its collector can skip.
+
+glibc's malloc keeps freed memory unless told.
 
 By default glibc raises its mmap threshold to the size of the largest block freed (up to 32 MiB),
 so after one big photo, later 16-96 MB buffers (request bodies, Pillow's image blocks) come from
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -29,3 +32,14 @@ def return_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: in
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
+def freeze_startup_heap() -> int:
+    """Move every object alive now into the collector's permanent generation (gc.freeze) and return
+    how many. Called once a server's start-up is done: the modules, the catalog and the clients it
+    built live as long as the process, and a full collection would otherwise walk all of them
+    (~30-100 ms for a few hundred thousand objects, a request's tail latency) while finding
+    nothing to free. Objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from serving.cluster.memory import freeze_startup_heap
 from serving.online import api_models as m
 from serving.online import http_errors, routes
 from serving.online.errors import Overloaded, TimedOut, TooLarge
@@ -228,6 +229,7 @@ class LocalRuntime:
     def __init__(self, config: ServiceConfig | dict):
         self.service = PersonalizationService(config)
         self.cache = LocalModelCache(self.service, self.service.config.model_cache_size)
+        freeze_startup_heap()
 
     async def user_model(self, key: str) -> UserModel:
         return await self.cache.aget(key)
@@ -282,6 +284,7 @@ def _deployment():
 
             self._load = serve.multiplexed(max_num_models_per_replica=service.config.model_cache_size)(
                 load_user_model)
+            freeze_startup_heap()
 
         async def user_model(self, key: str) -> UserModel:
             return await self._load(key)

@@ -27,6 +27,10 @@ def test_bench_search_quick(tmp_path):
         done, n = (int(v) for v in one["personalized"].split("/"))
         assert n == one["search_rerank"]["n"] == 40 and done > 0  # the busy machine may miss the 1 s deadline
         assert window["open_loop_half_capacity"]["search_rerank"]["n"] > 0 and window["capacity_per_s"] > 0
+        assert window["asyncio"]["search_rerank"]["n"] > 0 and window["asyncio"]["capacity_per_s"] > 0
+        assert window["open_loop_frozen_heap"]["search_rerank"]["n"] > 0
     overhead = summary["client_overhead_1000"]
     assert {"pam.client", "httpx by hand", "http.client by hand"} <= set(overhead)
-    assert "target at window 200" in run.stdout and "client, rerank of 1,000" in run.stdout
+    assert set(summary["target_window_200"]) >= {"one_connection", "open_loop_threads",
+                                                 "open_loop_threads_frozen_heap", "open_loop_asyncio_frozen_heap"}
+    assert "target at window 200, open loop threads frozen heap" in run.stdout and "client, rerank of 1,000" in run.stdout
