@@ -284,7 +284,6 @@ def _deployment():
 
             self._load = serve.multiplexed(max_num_models_per_replica=service.config.model_cache_size)(
                 load_user_model)
-            freeze_startup_heap()
 
         async def user_model(self, key: str) -> UserModel:
             return await self._load(key)
@@ -292,6 +291,7 @@ def _deployment():
         def __serve_build_asgi_app__(self):
             app = create_app(self, metrics=True)
             app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
+            freeze_startup_heap()  # the replica's start-up is done: its service, catalog and app
             return app
 
         def reconfigure(self, user_config: dict) -> None:
