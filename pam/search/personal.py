@@ -73,7 +73,7 @@ def _engine_result(index: PhotoIndex, query: str, user_id: str | None, window: i
 
 
 def _failure_reason(exc: BaseException, deadline_s: float) -> str:
-    if isinstance(exc, FutureTimeout | ClientTimeout | asyncio.TimeoutError):
+    if isinstance(exc, TimeoutError | ClientTimeout):  # the worker's, the loop's, the client's
         return f"the re-rank did not answer within {deadline_s * 1e3:g} ms"
     if isinstance(exc, ConnectionFailed):
         return f"the personalization service is unreachable ({exc.attempts[-1] if exc.attempts else exc})"
@@ -108,42 +108,53 @@ def _merge(user_id: str, parts: list) -> Ranking:
                    first.ratings_version, first.n_ratings)
 
 
-def _finish(result: SearchResult, start: float, searched: float) -> SearchResult:
-    result.timings_ms["rerank"] = (time.perf_counter() - searched) * 1e3 if result.user_id and result.engine else 0.0
+def _finish(result: SearchResult, start: float, searched: float, reranked: bool) -> SearchResult:
+    result.timings_ms["rerank"] = (time.perf_counter() - searched) * 1e3 if reranked else 0.0
     result.timings_ms["total"] = (time.perf_counter() - start) * 1e3
     return result
 
 
-class PersonalSearch:
-    """Search `index`, re-ranked for a user through the service at `base_url` (one URL or several
-    direct-ingress replicas). The re-rank call gets `deadline_s` in all; it is not retried (a
-    retry would not fit in the deadline; the next query tries again)."""
+class _Searcher:
+    """What both variants hold: the index, the deadline, the window and the client (made here
+    from base_url with the deadline as its timeout and no retries, unless one is given)."""
+
+    _client_class: type = Client
+    _deadline_workers = 0  # threads that keep the deadline (the threaded variant's)
 
     def __init__(self, index: PhotoIndex, base_url: str | list[str] | None, api_key: str | None = None,
-                 deadline_s: float = DEFAULT_DEADLINE_S, window: int = DEFAULT_WINDOW, client: Client | None = None):
+                 deadline_s: float = DEFAULT_DEADLINE_S, window: int = DEFAULT_WINDOW, client=None):
         self.index = index
         self.deadline_s = deadline_s
         self.window = window
-        self.client = client or (Client(base_url, api_key=api_key, timeout=deadline_s, retries=0)
+        self.client = client or (self._client_class(base_url, api_key=api_key, timeout=deadline_s, retries=0)
                                  if base_url else None)
         self._own_client = client is None
-        # the deadline is kept by waiting on a worker: an HTTP timeout bounds each phase of a call,
-        # not the call, and a service that trickles bytes could pass each phase's limit
-        self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="pam-rerank")
+        self._workers = (ThreadPoolExecutor(max_workers=self._deadline_workers, thread_name_prefix="pam-rerank")
+                         if self._deadline_workers else None)
+
+
+class PersonalSearch(_Searcher):
+    """Search `index`, re-ranked for a user through the service at `base_url` (one URL or several
+    direct-ingress replicas). The re-rank call gets `deadline_s` in all; it is not retried (a
+    retry would not fit in the deadline; the next query tries again). `client`: a pam.client.Client."""
+
+    # the deadline is kept by waiting on a worker: an HTTP timeout bounds each phase of a call,
+    # not the call, and a service that trickles bytes could pass each phase's limit
+    _deadline_workers = 8
 
     def search(self, query: str, user_id: str | None = None, window: int | None = None) -> SearchResult:
         start = time.perf_counter()
         result, ids = _engine_result(self.index, query, user_id, window or self.window, self.client is not None)
         searched = time.perf_counter()
         if ids is None:
-            return _finish(result, start, searched)
+            return _finish(result, start, searched, False)
         future = self._workers.submit(self._rerank, user_id, ids)
         try:
             _apply(result, future.result(timeout=self.deadline_s))
         except (FutureTimeout, PamError) as exc:
             future.cancel()
             result.reason = _failure_reason(exc, self.deadline_s)
-        return _finish(result, start, searched)
+        return _finish(result, start, searched, True)
 
     def _rerank(self, user_id: str, ids: list[str]) -> Ranking:
         if len(ids) <= MAX_CANDIDATES:
@@ -162,32 +173,25 @@ class PersonalSearch:
         self.close()
 
 
-class AsyncPersonalSearch:
+class AsyncPersonalSearch(_Searcher):
     """PersonalSearch for asyncio callers: `await search(query, user_id)`. The engine's search runs
     inline (it takes well under a millisecond at a window of 200); the re-rank is awaited under
-    `asyncio.wait_for`, so the deadline bounds the whole call with no worker thread."""
+    `asyncio.wait_for`, so the deadline bounds the whole call with no worker thread. `client`: a
+    pam.client.AsyncClient."""
 
-    def __init__(self, index: PhotoIndex, base_url: str | list[str] | None, api_key: str | None = None,
-                 deadline_s: float = DEFAULT_DEADLINE_S, window: int = DEFAULT_WINDOW,
-                 client: AsyncClient | None = None):
-        self.index = index
-        self.deadline_s = deadline_s
-        self.window = window
-        self.client = client or (AsyncClient(base_url, api_key=api_key, timeout=deadline_s, retries=0)
-                                 if base_url else None)
-        self._own_client = client is None
+    _client_class = AsyncClient
 
     async def search(self, query: str, user_id: str | None = None, window: int | None = None) -> SearchResult:
         start = time.perf_counter()
         result, ids = _engine_result(self.index, query, user_id, window or self.window, self.client is not None)
         searched = time.perf_counter()
         if ids is None:
-            return _finish(result, start, searched)
+            return _finish(result, start, searched, False)
         try:
             _apply(result, await asyncio.wait_for(self._rerank(user_id, ids), self.deadline_s))
         except (TimeoutError, PamError) as exc:
             result.reason = _failure_reason(exc, self.deadline_s)
-        return _finish(result, start, searched)
+        return _finish(result, start, searched, True)
 
     async def _rerank(self, user_id: str, ids: list[str]) -> Ranking:
         if len(ids) <= MAX_CANDIDATES:
