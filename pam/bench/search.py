@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pam.bench.measure import latency_summary
+from pam.bench.open_loop import arrivals
 from serving.cluster.memory import freeze_startup_heap
 
 HELP = "search alone vs search + personalized re-rank over HTTP (windows 100-1,000), and the client's overhead"
@@ -194,11 +195,7 @@ def capacity(search, queries: list[str], workers: int = 4, seconds: float = 4.0)
 
 def open_loop(fn, queries: list[str], rate: float, seconds: float, seed: int) -> dict:
     """Poisson arrivals at `rate`/s; latency from each arrival to its answer (queueing counted)."""
-    rng = random.Random(seed)
-    arrivals, t = [], 0.0
-    while t < seconds:
-        t += rng.expovariate(rate)
-        arrivals.append(t)
+    times = arrivals(rate, seconds, seed=seed)
     latencies: list[float] = []
     lock = threading.Lock()
     start = time.perf_counter() + 0.05
@@ -209,7 +206,7 @@ def open_loop(fn, queries: list[str], rate: float, seconds: float, seed: int) ->
             latencies.append((time.perf_counter() - (start + at)) * 1e3)
 
     with ThreadPoolExecutor(max_workers=64) as pool:
-        for k, at in enumerate(arrivals):
+        for k, at in enumerate(times):
             delay = start + at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
@@ -235,11 +232,7 @@ async def _async_capacity(search, queries: list[str], workers: int = 4, seconds:
 
 async def _async_open_loop(fn, queries: list[str], rate: float, seconds: float, seed: int) -> dict:
     """open_loop on one asyncio loop: each arrival starts a task at its time (loop.call_at)."""
-    rng = random.Random(seed)
-    arrivals, t = [], 0.0
-    while t < seconds:
-        t += rng.expovariate(rate)
-        arrivals.append(t)
+    times = arrivals(rate, seconds, seed=seed)
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     start = loop.time() + 0.05
@@ -249,9 +242,9 @@ async def _async_open_loop(fn, queries: list[str], rate: float, seconds: float, 
         await fn(queries[k % len(queries)])
         latencies.append((loop.time() - (start + at)) * 1e3)
 
-    for k, at in enumerate(arrivals):
+    for k, at in enumerate(times):
         loop.call_at(start + at, lambda k=k, at=at: tasks.append(loop.create_task(run(k, at))))
-    await asyncio.sleep(start + arrivals[-1] - loop.time() + 0.001 if arrivals else 0)
+    await asyncio.sleep(start + times[-1] - loop.time() + 0.001 if times else 0)
     await asyncio.gather(*tasks)
     return {"rate_per_s": round(rate, 1), **latency_summary(latencies)}
 
