@@ -29,7 +29,6 @@ class LoopLag:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
         self._above_since: float | None = None  # late without a break since then
-        self.lag_s = 0.0  # the last tick's
 
     def start(self) -> None:
         if self._loop is None:
@@ -42,8 +41,7 @@ class LoopLag:
 
     def _tick(self) -> None:
         now = self._loop.time()
-        self.lag_s = now - self._due
-        if self.lag_s < self.target_s:
+        if now - self._due < self.target_s:
             self._above_since = None
         elif self._above_since is None:  # from now: one late tick alone is a pause
             self._above_since = now
