@@ -1,6 +1,7 @@
 """One writer per version: a lock file that is a lease, renewed while its job runs.
 
-The lock is created only if absent (a local O_EXCL create; on S3 a PUT with `If-None-Match: *`,
+The lock is created only if absent (locally a hard link of the written file, which fails if the
+lock exists; on S3 a PUT with `If-None-Match: *`,
 through boto3: pyarrow's filesystem has no conditional write), so of two jobs starting together
 exactly one gets it. Its holder rewrites it every lease/3 seconds with a later expiry. A job that
 finds the lock expired (its holder crashed, or lost its machine; on the holder's own host, as soon as its process is
@@ -131,14 +132,20 @@ class _LocalLocks:
         self.fs = fs
 
     def create(self, path: str, body: bytes) -> str | None:
+        """The lock file with its body, or None if one exists. Written aside and linked into place,
+        so it never exists empty: another job reading an empty, just-created file would take it
+        for a torn one, treat it as expired and take the lock too."""
         real = local_path(self.fs, path)
         os.makedirs(os.path.dirname(real), exist_ok=True)
+        tmp = temporary_name(real)
+        with open(tmp, "wb") as f:
+            f.write(body)
         try:
-            fd = os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, real)  # fails if the lock exists: of several creators, one wins
         except FileExistsError:
             return None
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
+        finally:
+            os.unlink(tmp)
         return body.decode()
 
     def read(self, path: str) -> tuple[bytes, str] | None:

@@ -36,6 +36,30 @@ def test_a_second_writer_fails_with_a_clear_message(tmp_path):
         pass
 
 
+def test_of_many_writers_starting_at_once_exactly_one_gets_the_lock(tmp_path):
+    """A lock file that existed empty for a moment read as torn, hence expired, and a second
+    writer took it too; rounds of 12 threads racing for one lock must each have one winner."""
+    fs = pafs.LocalFileSystem()
+    path = str(tmp_path / "race" / "_LOCK")
+    for _ in range(20):
+        start, won = threading.Barrier(12), []
+
+        def race():
+            start.wait()
+            try:
+                won.append(Lease(fs, path, "the version", poll_s=0.01).acquire())
+            except ft.VersionLockedError:
+                pass
+
+        threads = [threading.Thread(target=race) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(won) == 1, f"{len(won)} writers hold the lock at once"
+        won[0].release()
+
+
 def test_a_waiting_writer_gets_the_version_when_the_first_finishes(tmp_path, rng):
     """Two writers of overlapping rows, one after the other: every row once, none lost."""
     table = ft.FeatureTable(tmp_path)
