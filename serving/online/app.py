@@ -74,8 +74,10 @@ class EndpointMetrics:
 class Admission:
     """ASGI middleware in front of every endpoint: reads the whole body first (413 past the size
     limit, 408 when it stalls or crawls), then admits the request to work (at most MAX_ACTIVE at
-    once and MAX_WAITING waiting; beyond that 503 with Retry-After at once; also 503 while the
-    event loop has a standing delay, `lag`), and records metrics. A request waiting for its body
+    once and MAX_WAITING waiting; beyond that 503 with Retry-After at once), and records metrics.
+    While the event loop has a standing delay (`lag`) a request gets 503 at its turn, before its
+    body is read: work already taken in (a burst of big uploads being parsed) is finished, not
+    thrown away. A request waiting for its body
     holds no work slot, so slow clients cannot starve the others."""
 
     def __init__(self, app, metrics: EndpointMetrics, max_active: int = MAX_ACTIVE, max_waiting: int = MAX_WAITING,
@@ -115,6 +117,15 @@ class Admission:
                 exc = TooLarge("body_too_large", f"the request body has {int(value)} bytes; "
                                f"at most {limit} are allowed here", limit=limit)
                 return await error_response(exc)(scope, receive, send)
+        gated = not (path in UNGATED or path.startswith("/ui"))
+        if gated and self._lag is not None:  # at the request's turn, before its body costs anything
+            self._lag.start()
+            await asyncio.sleep(0)  # behind the work queued ahead of it on the loop: that is its turn
+            held = self._lag.standing_delay_s()
+            if held:
+                exc = Overloaded(f"this replica has been more than {self._lag.target_s * 1e3:g} ms behind its "
+                                 f"requests for {held * 1e3:.0f} ms; retry after {RETRY_AFTER_S} s", RETRY_AFTER_S)
+                return await error_response(exc)(scope, receive, send)
         try:
             body = await _read_body(receive, limit)
         except (TooLarge, TimedOut) as exc:
@@ -130,15 +141,8 @@ class Admission:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        if path in UNGATED or path.startswith("/ui"):
+        if not gated:
             return await self.app(scope, replay, send)
-        if self._lag is not None:
-            self._lag.start()
-            held = self._lag.standing_delay_s()
-            if held:
-                exc = Overloaded(f"this replica has been more than {self._lag.target_s * 1e3:g} ms behind its "
-                                 f"requests for {held * 1e3:.0f} ms; retry after {RETRY_AFTER_S} s", RETRY_AFTER_S)
-                return await error_response(exc)(scope, receive, send)
         if self._queued >= self._max_active + self._max_waiting:
             exc = Overloaded(f"this replica is at capacity ({self._max_active} requests working, "
                              f"{self._max_waiting} waiting); retry after {RETRY_AFTER_S} s", RETRY_AFTER_S)
