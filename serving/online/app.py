@@ -77,8 +77,8 @@ class Admission:
     once and MAX_WAITING waiting; beyond that 503 with Retry-After at once), and records metrics.
     While the event loop has a standing delay (`lag`) a request gets 503 at its turn, before its
     body is read: work already taken in (a burst of big uploads being parsed) is finished, not
-    thrown away. A request waiting for its body
-    holds no work slot, so slow clients cannot starve the others."""
+    thrown away. A request waiting for its body holds no work slot, so slow clients cannot starve
+    the others."""
 
     def __init__(self, app, metrics: EndpointMetrics, max_active: int = MAX_ACTIVE, max_waiting: int = MAX_WAITING,
                  lag: LoopLag | None = None):

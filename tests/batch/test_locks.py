@@ -41,17 +41,16 @@ def test_of_many_writers_starting_at_once_exactly_one_gets_the_lock(tmp_path):
     writer took it too; rounds of 12 threads racing for one lock must each have one winner."""
     fs = pafs.LocalFileSystem()
     path = str(tmp_path / "race" / "_LOCK")
+    def race(start: threading.Barrier, won: list) -> None:
+        start.wait()
+        try:
+            won.append(Lease(fs, path, "the version", poll_s=0.01).acquire())
+        except ft.VersionLockedError:
+            pass
+
     for _ in range(20):
         start, won = threading.Barrier(12), []
-
-        def race():
-            start.wait()
-            try:
-                won.append(Lease(fs, path, "the version", poll_s=0.01).acquire())
-            except ft.VersionLockedError:
-                pass
-
-        threads = [threading.Thread(target=race) for _ in range(12)]
+        threads = [threading.Thread(target=race, args=(start, won)) for _ in range(12)]
         for thread in threads:
             thread.start()
         for thread in threads:
