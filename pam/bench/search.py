@@ -12,7 +12,7 @@ calling PersonalSearch (a thread per query in flight, a worker thread keeping ea
 one asyncio loop awaiting AsyncPersonalSearch (no thread per query); the threaded one also after
 gc.freeze() of the bench's start-up heap (the catalog, the index, the modules), as docs/search.md
 advises a long-running search process: a full collection of that heap is the open loop's tail. The service is `pam serve
---direct-ingress` (default), Serve's proxy, or the app under uvicorn without Ray (--ingress).
+--ingress direct` (default), its HAProxy ingress, Serve's proxy, or the app under uvicorn without Ray (--ingress).
 Then the client's own overhead: pam.client's rerank of 1,000 candidates against the same request
 written by hand (the standard library's http.client: the target's reference; and httpx),
 alternating calls.
@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", type=int, default=300, help="queries per point at 1 connection (default 300)")
     parser.add_argument("--open-loop-s", type=float, default=10.0, help="seconds per open-loop point (default 10)")
     parser.add_argument("--overhead-calls", type=int, default=300, help="calls per side in the overhead part")
-    parser.add_argument("--ingress", choices=("direct", "proxy", "uvicorn"), default="direct",
+    parser.add_argument("--ingress", choices=("direct", "haproxy", "proxy", "uvicorn"), default="direct",
                         help="how the service is reached: Serve's direct ingress (default), Serve's proxy, or the "
                         "app under uvicorn without Ray")
     parser.add_argument("--dir", type=Path, help="where to write the catalog (default: a temporary directory)")
@@ -131,7 +131,7 @@ def start_service(args, root: Path, work: Path):
 
         return Handle(), f"http://127.0.0.1:{port}", proc
     argv = pam_command("serve", "--features", str(root), "--users", f"sqlite:///{work / 'users.db'}",
-                       "--port", "0", "--num-cpus", "2", *(["--direct-ingress"] if args.ingress == "direct" else []))
+                       "--port", "0", "--num-cpus", "2", "--ingress", args.ingress)
     service = ServiceProcess(argv, work / "serve.log")
     url = service.start(timeout=300)
     if args.ingress == "direct":

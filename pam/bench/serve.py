@@ -50,9 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bulk", type=int, default=16, help="queries per bulk request")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating echo / re-rank pairs at 8 connections (the target's ratio: their median)")
-    parser.add_argument("--modes", default="proxy,direct,overload,upload,hotuser",
-                        help="Serve modes to measure: proxy, direct, overload (closed loop at 8 and 64 connections, "
-                        "open loop at 0.5x and 2x capacity), upload (replica memory), hotuser (two replicas)")
+    parser.add_argument("--modes", default="proxy,direct,overload,overload_proxy,upload,hotuser",
+                        help="Serve modes to measure: proxy, direct, overload (through the default HAProxy ingress: "
+                        "closed loop at 8 and 64 connections, open loop at 0.5x and 2x capacity), overload_proxy "
+                        "(the same through Serve's proxy), upload (replica memory), hotuser (two replicas)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check that it runs")
     parser.add_argument("--plot", type=Path, help="write a PNG of req/s and p99 against connections")
 
@@ -281,9 +282,10 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def overload_session(params: dict) -> dict:
-    """Goodput (2xx per second) of re-rank through the default ingress (Serve's proxy, one
-    replica) in a closed loop at 8 and at 64 connections; during the 64-connection run a probe
-    times the replies that are not 200 (the shed ones: 503 with Retry-After)."""
+    """Goodput (2xx per second) of re-rank through an ingress (mode "overload": the default,
+    HAProxy in front of the replica's own port; "overload_proxy": Serve's proxy), one replica, in a
+    closed loop at 8 and at 64 connections; during the 64-connection run a probe times the replies
+    that are not 200 (the shed ones: 503 with Retry-After). Then the open loop at 0.5x and 2x."""
     import ray
     import requests
     from ray import serve
@@ -293,11 +295,26 @@ def overload_session(params: dict) -> dict:
 
     work = Path(params["work"])
     init_local_ray(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    out: dict = {"mode": "overload"}
+    ingress = "proxy" if params["mode"] == "overload_proxy" else "haproxy"
+    out: dict = {"mode": params["mode"], "ingress": ingress}
+    haproxy = None
     try:
         port = free_port_block(1, start=42000)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app({**params["config"], "num_replicas": 1}), name="pam", route_prefix="/")
+        if ingress == "haproxy":
+            from serving.cluster.haproxy import HAProxy, IngressConfig
+            from serving.online.app import MAX_ACTIVE
+
+            low = int(os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
+            high = int(os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
+            front = free_port_block(1, start=43000)
+            config = IngressConfig(host="127.0.0.1", port=front, replica_host="127.0.0.1", replica_ports=(low, high),
+                                   fallback_port=port, max_active=MAX_ACTIVE)
+            haproxy = HAProxy(config, work / "haproxy").start()
+            haproxy.wait_for_replicas(1)
+            out["queue_timeout_ms"] = config.queue_timeout_ms
+            port = front
         url = f"http://127.0.0.1:{port}/v1/users/{BENCH_USER}/rerank"
         body = json.dumps({"candidates": params["candidates"]})
         script = lua_post(work / "overload-rerank.lua", body)
@@ -333,6 +350,8 @@ def overload_session(params: dict) -> dict:
         out["open_loop"] = open_loop_points(port, f"/v1/users/{BENCH_USER}/rerank", body.encode(),
                                             out["8"]["goodput_rps"], duration)
     finally:
+        if haproxy is not None:
+            haproxy.stop()
         serve.shutdown()
         ray.shutdown()
     return out
@@ -358,7 +377,7 @@ def open_loop_points(port: int, path: str, body: bytes, capacity: float, seconds
 
 def serve_session(params: dict) -> dict:
     """One Serve mode, in this (fresh) process: deploy echo, pam, naive; wrk them."""
-    if params["mode"] == "overload":
+    if params["mode"] in ("overload", "overload_proxy"):
         return overload_session(params)
     if params["mode"] == "hotuser":
         from pam.bench.serve_hot import hot_user_session
@@ -547,7 +566,7 @@ def _round_trip_http(base: str, params: dict) -> dict:
 
 def _run_session(params: dict) -> dict:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    if params["mode"] == "direct":
+    if params["mode"] in ("direct", "overload"):
         from serving.online.app import direct_ingress_env
 
         env.update(direct_ingress_env(free_port_block(24, start=42000), 12))
@@ -681,7 +700,9 @@ def render_text(s: dict) -> str:
             continue
         title = {"proxy": "through Serve's HTTP proxy (default)",
                  "direct": "Serve throughput-optimized (direct ingress: the replica's own HTTP port)",
-                 "overload": "overload through Serve's proxy (one replica)"}.get(mode, mode)
+                 "overload": "overload through HAProxy in front of the replica's own port (default ingress, one "
+                             "replica)",
+                 "overload_proxy": "overload through Serve's proxy (one replica)"}.get(mode, mode)
         lines += ["", f"HTTP, {title}; wrk -t1, {s['sizes']['wrk_seconds']:.0f} s per point",
                   f"  {'endpoint':<8} {'conns':>5} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"]
         for name in ("echo", "rerank", "naive"):
@@ -710,13 +731,13 @@ def render_text(s: dict) -> str:
         if "round_trip" in res:
             r = res["round_trip"]
             lines.append(f"  rating -> next suggestion over HTTP: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
-        for c in ("8", "64") if mode == "overload" else ():
+        for c in ("8", "64") if mode.startswith("overload") else ():
             r, probe = res[c], res[c]["probe"]
             shed = (f"; probe: {probe['shed']} of {probe['requests']} shed ({probe['shed_statuses']}), "
                     f"p50 {probe['shed_p50_ms']} ms, p99 {probe['shed_p99_ms']} ms" if probe["requests"] else "")
             lines.append(f"  re-rank closed loop, {c} conns: goodput {r['goodput_rps']:.1f} 2xx/s of {r['rps']:.1f} req/s, "
                          f"{r['non_2xx']} non-2xx, p99 {r.get('p99_ms', 0):.1f} ms{shed}")
-        if mode == "overload":
+        if mode.startswith("overload"):
             lines.append(f"  goodput at 64 / at 8 connections: {res['goodput_ratio_64_vs_8']:.2f} (target >= 0.8)")
         if "open_loop" in res:
             lines += render_open_loop(res["open_loop"])

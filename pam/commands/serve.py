@@ -1,6 +1,7 @@
 """`pam serve`: the personalization service on a local Ray Serve (SQLite user store by default).
 
-Starts Ray on this machine, the Serve proxy on --host:--port and the `pam` application, prints
+Starts Ray on this machine, the `pam` application and its ingress on --host:--port (HAProxy in
+front of the replicas by default; see serving/cluster/haproxy.py), prints
 where it listens (stderr, at once), and serves until Ctrl-C / SIGTERM (or --duration seconds).
 Then it shuts Serve and Ray down and prints its summary (with --json: one JSON object).
 Never imports torch.
@@ -13,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -49,10 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-prior", action="store_true",
                         help="PAM and Active-PAM even when the served feature version has a taste prior "
                         "(`pam fit-prior`); by default the prior makes Prior-PAM and the posterior strategy")
-    parser.add_argument("--direct-ingress", action="store_true",
-                        help="experimental: Serve's throughput-optimized mode; each replica also serves HTTP on "
-                        "its own port (printed), skipping the proxy hop (3.6-5.2x the re-rank req/s here). Replicas "
-                        "added later by autoscaling are reachable through the proxy port only")
+    parser.add_argument("--ingress", choices=("haproxy", "proxy", "direct"), default="haproxy",
+                        help="haproxy (default): HAProxy on --host:--port in front of each replica's own HTTP port "
+                        "(Serve's direct ingress): bounded queueing with fast 503s, slow clients held off the "
+                        "replicas, autoscaled replicas taken in by health checks. proxy: Serve's Python proxy. "
+                        "direct: Serve's proxy plus each replica's own port on --host (printed), for clients that "
+                        "spread calls over replicas themselves (a fixed replica count)")
+    parser.add_argument("--queue-timeout-ms", type=int, default=30,
+                        help="haproxy ingress: the longest a request waits for a free replica before its 503")
 
 
 def service_args(args: argparse.Namespace) -> dict:
@@ -91,15 +97,19 @@ def run(args: argparse.Namespace) -> dict:
     import ray
     from ray import serve
 
+    from serving.cluster.haproxy import HAProxy, IngressConfig
     from serving.cluster.local_ray import init_local_ray
     from serving.cluster.ports import free_port, free_port_block
-    from serving.online.app import build_app, direct_ingress_env, find_replica_ports
+    from serving.online.app import MAX_ACTIVE, build_app, direct_ingress_env, find_replica_ports
 
     started = time.time()
     replica_urls: list[str] = []
-    if args.direct_ingress:
-        span = 12
-        direct_base = free_port_block(2 * span, args.host)
+    span = max(12, int(args.autoscale.split(":")[-1]) if args.autoscale else args.replicas)  # ports, one per replica
+    expect = args.replicas if not args.autoscale else int(args.autoscale.split(":")[0])
+    # haproxy: Serve's proxy and the replicas' ports stay on the loopback interface; HAProxy owns --host:--port
+    inner_host = "127.0.0.1" if args.ingress == "haproxy" else args.host
+    if args.ingress != "proxy":
+        direct_base = free_port_block(2 * span, inner_host)
         os.environ.update(direct_ingress_env(direct_base, span))
     metrics_host = "127.0.0.1" if args.metrics_host in ("127.0.0.1", "localhost") else "0.0.0.0"
     metrics_port = init_local_ray(metrics_port=args.metrics_port, metrics_host=metrics_host, num_cpus=args.num_cpus,
@@ -107,30 +117,39 @@ def run(args: argparse.Namespace) -> dict:
     # chosen after Ray's start: Ray's own processes bind ephemeral ports while it starts, and a
     # port picked free before that could be one of theirs by the time Serve's proxy binds it
     port = args.port or free_port(args.host)
+    serve_port = free_port(inner_host) if args.ingress == "haproxy" else port
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    ingress = None
     try:
-        serve.start(http_options={"host": args.host, "port": port})
+        serve.start(http_options={"host": inner_host, "port": serve_port})
         serve.run(build_app(service_args(args)), name="pam", route_prefix="/")
+        if args.ingress == "haproxy":
+            ingress = HAProxy(IngressConfig(host=args.host, port=port, replica_host=inner_host,
+                                            replica_ports=(direct_base, direct_base + span), fallback_port=serve_port,
+                                            max_active=MAX_ACTIVE, queue_timeout_ms=args.queue_timeout_ms),
+                              Path(tempfile.mkdtemp(prefix="pam-haproxy-"))).start()
+            replica_urls = [f"http://{inner_host}:{name[1:]}" for name in ingress.wait_for_replicas(expect)]
+        elif args.ingress == "direct":
+            replica_urls = find_replica_ports(args.host, direct_base, direct_base + span, expect=expect)
         url = f"http://{args.host}:{port}"
         info = json.loads(_get(f"{url}/v1/info"))
-        if args.direct_ingress:
-            expect = args.replicas if not args.autoscale else int(args.autoscale.split(":")[0])
-            replica_urls = find_replica_ports(args.host, direct_base, direct_base + span, expect=expect)
         print(f"pam serve: listening on {url}  (API docs {url}/v1/docs, Prometheus metrics "
               f"http://{metrics_host}:{metrics_port}/metrics); model version {info['model_version']}, "
               f"{info['feature_rows']} feature rows, {_models(info)}. Ctrl-C stops it.", file=sys.stderr, flush=True)
-        if replica_urls:
+        if args.ingress == "direct":
             print(f"pam serve: direct ingress (no proxy hop): {' '.join(replica_urls)}", file=sys.stderr, flush=True)
         stop.wait(args.duration)
     finally:
+        if ingress is not None:
+            ingress.stop()
         serve.shutdown()
         ray.shutdown()
     return {"url": f"http://{args.host}:{port}", "docs": f"http://{args.host}:{port}/v1/docs",
             "metrics": f"http://{metrics_host}:{metrics_port}/metrics", "model_version": info["model_version"],
             "feature_rows": info["feature_rows"], "user_store": info["user_store"], "prior": info.get("prior"),
-            "direct_ingress": replica_urls, "served_s": round(time.time() - started, 1)}
+            "ingress": args.ingress, "replicas": replica_urls, "served_s": round(time.time() - started, 1)}
 
 
 def _models(info: dict) -> str:

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.ray]
 
 
 def test_pam_serve_answers_without_torch_and_stops_cleanly(feature_env, tmp_path):
-    """Also with --direct-ingress: the proxy port and the replica's own port both answer."""
+    """With --ingress direct: the proxy port and the replica's own port both answer."""
     blocker = tmp_path / "no-torch" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is blocked: the service must run without it')\n")
@@ -29,7 +29,7 @@ def test_pam_serve_answers_without_torch_and_stops_cleanly(feature_env, tmp_path
     command = [sys.executable, "-m", "pam.cli", "serve", "--json", "--features", feature_env["feature_root"],
                "--model", feature_env["model"], "--photos", feature_env["photos_root"],
                "--users", f"sqlite:///{tmp_path / 'users.db'}", "--port", str(port), "--num-cpus", "2",
-               "--duration", "120", "--direct-ingress"]
+               "--duration", "120", "--ingress", "direct"]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
