@@ -566,7 +566,7 @@ def _round_trip_http(base: str, params: dict) -> dict:
 
 def _run_session(params: dict) -> dict:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    if params["mode"] in ("direct", "overload"):
+    if params["mode"] in ("direct", "overload", "hotuser"):
         from serving.online.app import direct_ingress_env
 
         env.update(direct_ingress_env(free_port_block(24, start=42000), 12))
@@ -696,7 +696,8 @@ def render_text(s: dict) -> str:
         if mode == "hotuser":
             from pam.bench.serve_hot import render_hot
 
-            lines += ["", "one hot user among many through Serve's proxy (two replicas)", *render_hot(res)]
+            lines += ["", "one hot user among many (two replicas): Serve's proxy with two routers, and HAProxy",
+                      *render_hot(res)]
             continue
         title = {"proxy": "through Serve's HTTP proxy (default)",
                  "direct": "Serve throughput-optimized (direct ingress: the replica's own HTTP port)",

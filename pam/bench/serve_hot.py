@@ -1,10 +1,11 @@
-"""`pam bench serve --modes hotuser`: one hot user among many, two replicas, two routers.
+"""`pam bench serve --modes hotuser`: one hot user among many, two replicas, three routers.
 
 Clients send `serve_multiplexed_model_id: <user>`, so Serve routes a user to the replica that
 holds the user's model. Here one user sends most of the re-ranks (a labelling session, a batch
-client) while many others send the rest. Two replicas behind Serve's proxy, measured with each
-router in turn, at the same Poisson arrivals: Serve's own (affinity: a user stays on its replica
-until that replica's queue is full) and the service's default (spillover: serving.cluster.routing).
+client) while many others send the rest. Two replicas, measured with each router in turn, at the
+same Poisson arrivals: through Serve's proxy, Serve's own router (affinity: a user stays on its
+replica until that replica's queue is full) and the service's (spillover: serving.cluster.routing);
+and the default ingress, HAProxy's bounded-load consistent hashing on the user's path.
 Per replica (each reply names its replica in X-Pam-Replica): the hot user's and the others'
 requests; per class: statuses and latency from the scheduled time.
 """
@@ -12,6 +13,7 @@ requests; per class: statuses and latency from the scheduled time.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections import Counter, defaultdict
@@ -20,7 +22,7 @@ from pathlib import Path
 from pam.bench.measure import latency_summary
 
 HOT_SHARE = 0.8
-ROUTERS = ("affinity", "spillover")
+ROUTERS = ("affinity", "spillover", "haproxy")
 
 
 def mixed_requests(port: int, body: bytes, hot: str, users: int, n: int = 2000, seed: int = 5) -> tuple[list, list]:
@@ -92,23 +94,39 @@ def hot_user_session(params: dict) -> dict:
             # an app of its own per router: a proxy builds a deployment's router once, and a
             # redeploy under the same name would keep the first router
             app = f"pam-{routing}"
-            serve.run(build_app({**params["config"], "num_replicas": 2, "routing": routing}), name=app,
-                      route_prefix="/")
+            serve.run(build_app({**params["config"], "num_replicas": 2,
+                                 "routing": "spillover" if routing == "haproxy" else routing}),
+                      name=app, route_prefix="/")
+            target, haproxy = port, None
+            if routing == "haproxy":
+                from serving.cluster.haproxy import HAProxy, IngressConfig
+                from serving.online.app import MAX_ACTIVE
+
+                low = int(os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"])
+                high = int(os.environ["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"])
+                haproxy = HAProxy(IngressConfig(host="127.0.0.1", port=free_port_block(1, start=43000),
+                                                replica_host="127.0.0.1", replica_ports=(low, high),
+                                                fallback_port=port, max_active=MAX_ACTIVE), work / "haproxy-hot").start()
+                haproxy.wait_for_replicas(2)
+                target = haproxy.cfg.port
             if "capacity_rps" not in out:
                 # one background user, closed loop at 8 connections: the re-rank's req/s through
                 # the proxy here; the mix is offered at that rate
                 script = lua_post(work / "hot-capacity.lua", body, {"serve_multiplexed_model_id": "u1"})
                 out["capacity_rps"] = run_wrk(url.replace(f"/{BENCH_USER}/", "/u1/"), script, 8, seconds)["rps"]
             others = [k for k, user in enumerate(who) if user != BENCH_USER][:100]
-            _measure(port, [requests[k] for k in others], [who[k] for k in others], BENCH_USER,
+            _measure(target, [requests[k] for k in others], [who[k] for k in others], BENCH_USER,
                      rate=out["capacity_rps"] / 2, seconds=1.0)  # background users' models loaded
             # the hot user's model on one replica, and the routers told so: a user who was quiet
-            http.post(url, data=body, timeout=60, headers={"serve_multiplexed_model_id": BENCH_USER}).raise_for_status()
+            http.post(url.replace(f":{port}/", f":{target}/"), data=body, timeout=60,
+                      headers={"serve_multiplexed_model_id": BENCH_USER}).raise_for_status()
             time.sleep(3)
-            out[routing] = _measure(port, requests, who, BENCH_USER, rate=out["capacity_rps"], seconds=seconds)
+            out[routing] = _measure(target, requests, who, BENCH_USER, rate=out["capacity_rps"], seconds=seconds)
             # many requests in flight at once: 32 clients, each sending its next request on a reply
-            out[f"{routing}_closed_32"] = _measure(port, requests, who, BENCH_USER, rate=0, seconds=seconds,
+            out[f"{routing}_closed_32"] = _measure(target, requests, who, BENCH_USER, rate=0, seconds=seconds,
                                                    connections=32)
+            if haproxy is not None:
+                haproxy.stop()
             serve.delete(app)
             time.sleep(1)
     finally:

@@ -52,6 +52,7 @@ class IngressConfig:
     buffer_bytes: int = 64 * 1024  # request bodies up to this are read whole before a replica sees them
     max_connections: int = 4096
     retry_after_s: int = 1
+    log_errors: bool = False  # one line per failed or refused request to haproxy.log (unbounded under attack)
 
     def __post_init__(self):
         low, high = self.replica_ports
@@ -127,12 +128,16 @@ def render(cfg: IngressConfig, folder: Path) -> str:
         f"    stats socket {folder / 'admin.sock'} mode 600 level admin",
         f"    tune.bufsize {cfg.buffer_bytes + 1024}",  # the body part plus room for header rewrites
         "    tune.maxrewrite 1024",
+        *(["    log stdout format raw local0"] if cfg.log_errors else []),
         "defaults",
         "    mode http",
+        *(["    log global", "    option httplog", "    option dontlog-normal"] if cfg.log_errors else []),
         "    option http-buffer-request",
         "    option redispatch 1",
         "    retries 2",
-        "    retry-on conn-failure",  # only what never reached a replica: a POST is not sent twice
+        # a refused connection, or a kept-alive one the replica closed (idle, or draining) before
+        # answering anything: sent again to another replica; never a request that got a reply
+        "    retry-on conn-failure empty-response",
         "    timeout connect 2s",
         "    timeout client 60s",
         "    timeout server 300s",
@@ -210,9 +215,9 @@ class HAProxy:
         self.stop()
         raise RuntimeError(f"HAProxy did not listen on {self.cfg.host}:{self.cfg.port} within {timeout_s:g} s")
 
-    def servers(self, backend: str = "replicas") -> dict[str, str]:
-        """{server name: its last health check} in `backend` now, from the admin socket: "L7OK" for
-        a replica that answers, "L4CON" for a free port, "INI" before the first check."""
+    def stats(self, backend: str = "replicas") -> list[dict[str, str]]:
+        """HAProxy's statistics of each server of `backend` now (its admin socket's `show stat`):
+        svname, status, check_status, scur (requests at it), qcur (queued), stot (served) ..."""
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(2)
             sock.connect(str(self.folder / "admin.sock"))
@@ -222,10 +227,15 @@ class HAProxy:
                 raw += chunk
         lines = raw.decode().splitlines()
         if not lines or not lines[0].startswith("# "):
-            return {}
+            return []
         fields = lines[0][2:].split(",")
         rows = [dict(zip(fields, line.split(","), strict=False)) for line in lines[1:] if line]
-        return {r["svname"]: r.get("check_status", "") for r in rows if r.get("pxname") == backend}
+        return [r for r in rows if r.get("pxname") == backend]
+
+    def servers(self, backend: str = "replicas") -> dict[str, str]:
+        """{server name: its last health check} in `backend`: "L7OK" for a replica that answers,
+        "L4CON" for a free port, "INI" before the first check."""
+        return {r["svname"]: r.get("check_status", "") for r in self.stats(backend)}
 
     def wait_for_replicas(self, expect: int, timeout_s: float = 60.0) -> list[str]:
         """Once every port has had its first health check (HAProxy starts each server as up, and

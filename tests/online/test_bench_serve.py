@@ -79,7 +79,7 @@ def test_serve_bench_runs_quick_under_overload_uploads_and_a_hot_user():
                                                                  ("photo.jpg", 2)]
     assert all(r["rss_before_mb"] > 0 and r["rss_peak_mb"] >= r["rss_before_mb"] for r in upload["runs"])
     hot = http["hotuser"]
-    for routing in ("affinity", "spillover"):
+    for routing in ("affinity", "spillover", "haproxy"):
         r = hot[routing]
         served = sum(c.get("hot", 0) + c.get("others", 0) for c in r["replicas"].values())
         assert served == r["statuses"].get("200", 0) > 0
