@@ -56,8 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ingress", choices=("direct", "haproxy", "proxy", "uvicorn"), default="direct",
                         help="how the service is reached: Serve's direct ingress (default), Serve's proxy, or the "
                         "app under uvicorn without Ray")
-    parser.add_argument("--switch-interval-ms", type=float, default=1.0,
-                        help="the GIL switch interval of the tuned open-loop points (Python's default: 5 ms)")
     parser.add_argument("--dir", type=Path, help="where to write the catalog (default: a temporary directory)")
     parser.add_argument("--quick", action="store_true", help="small sizes: check that it runs")
 
@@ -340,8 +338,7 @@ def run(args: argparse.Namespace) -> dict:
     catalog = write_catalog(work / "features", args.photos)
     print(f"pam bench search: starting the service ({args.ingress})", file=sys.stderr, flush=True)
     service, url, proc = start_service(args, work / "features", work)
-    summary: dict = {"photos": args.photos, "ingress": args.ingress, "url": url, "windows": {}, "machine_cpus": None,
-                     "tuned_switch_interval_ms": args.switch_interval_ms}
+    summary: dict = {"photos": args.photos, "ingress": args.ingress, "url": url, "windows": {}, "machine_cpus": None}
     try:
         import os
 
@@ -364,10 +361,7 @@ def run(args: argparse.Namespace) -> dict:
                                        args.open_loop_s, seed=window)
                 open_both = open_loop(lambda q, s=search: s.search(q, USER), queries, rate, args.open_loop_s,
                                       seed=window)
-                # what docs/search.md advises a long-running threaded search process to do
-                freeze_startup_heap()
-                switch = sys.getswitchinterval()
-                sys.setswitchinterval(args.switch_interval_ms / 1e3)
+                freeze_startup_heap()  # what docs/search.md advises a long-running search process to do
                 try:
                     frozen_alone = open_loop(lambda q, s=search, w=window: s.index.search(q, w), queries, rate,
                                              args.open_loop_s, seed=window)
@@ -375,7 +369,6 @@ def run(args: argparse.Namespace) -> dict:
                                             args.open_loop_s, seed=window)
                     on_asyncio = async_point(catalog["index"], url, window, queries, args.open_loop_s, args.quick)
                 finally:
-                    sys.setswitchinterval(switch)
                     gc.unfreeze()
             a, b = latency_summary(alone), latency_summary(both)
             summary["windows"][str(window)] = {
