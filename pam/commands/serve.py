@@ -121,14 +121,18 @@ def run(args: argparse.Namespace) -> dict:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    ingress = None
+    ingress, ingress_metrics = None, None
     try:
         serve.start(http_options={"host": inner_host, "port": serve_port})
         serve.run(build_app(service_args(args)), name="pam", route_prefix="/")
         if args.ingress == "haproxy":
+            ingress_metrics_port = free_port(metrics_host)
+            ingress_metrics = f"http://{metrics_host}:{ingress_metrics_port}/metrics"
             ingress = HAProxy(IngressConfig(host=args.host, port=port, replica_host=inner_host,
                                             replica_ports=(direct_base, direct_base + span), fallback_port=serve_port,
-                                            max_active=MAX_ACTIVE, queue_timeout_ms=args.queue_timeout_ms),
+                                            max_active=MAX_ACTIVE, queue_timeout_ms=args.queue_timeout_ms,
+                                            metrics_host=metrics_host,
+                                            metrics_port=ingress_metrics_port),
                               Path(tempfile.mkdtemp(prefix="pam-haproxy-"))).start()
             replica_urls = [f"http://{inner_host}:{name[1:]}" for name in ingress.wait_for_replicas(expect)]
         elif args.ingress == "direct":
@@ -140,6 +144,9 @@ def run(args: argparse.Namespace) -> dict:
               f"{info['feature_rows']} feature rows, {_models(info)}. Ctrl-C stops it.", file=sys.stderr, flush=True)
         if args.ingress == "direct":
             print(f"pam serve: direct ingress (no proxy hop): {' '.join(replica_urls)}", file=sys.stderr, flush=True)
+        if ingress_metrics:
+            print(f"pam serve: HAProxy's metrics (queues, 503s, per replica): {ingress_metrics}", file=sys.stderr,
+                  flush=True)
         stop.wait(args.duration)
     finally:
         if ingress is not None:
@@ -149,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
     return {"url": f"http://{args.host}:{port}", "docs": f"http://{args.host}:{port}/v1/docs",
             "metrics": f"http://{metrics_host}:{metrics_port}/metrics", "model_version": info["model_version"],
             "feature_rows": info["feature_rows"], "user_store": info["user_store"], "prior": info.get("prior"),
-            "ingress": args.ingress, "replicas": replica_urls, "served_s": round(time.time() - started, 1)}
+            "ingress": args.ingress, "ingress_metrics": ingress_metrics, "replicas": replica_urls, "served_s": round(time.time() - started, 1)}
 
 
 def _models(info: dict) -> str:

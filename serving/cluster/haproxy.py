@@ -14,7 +14,8 @@ between a client and the replica that answers it. What it adds over Serve's prox
   load, then spill over to the next one;
 - every port of the replica range is a server, health-checked on Serve's `/-/healthz` every second:
   a replica added by autoscaling is taken in within a second, a draining one is left. Serve's
-  own proxy is the backup server for when no replica is up.
+  own proxy is the backup server for when no replica is up;
+- its own Prometheus metrics (`metrics_port`): requests, queue lengths and 503s per replica.
 
 `render(...)` writes the configuration; `HAProxy` runs one process over it.
 """
@@ -53,6 +54,8 @@ class IngressConfig:
     max_connections: int = 4096
     retry_after_s: int = 1
     log_errors: bool = False  # one line per failed or refused request to haproxy.log (unbounded under attack)
+    metrics_port: int | None = None  # HAProxy's Prometheus exporter (queues, 503s, per replica) at /metrics
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self):
         low, high = self.replica_ports
@@ -145,6 +148,12 @@ def render(cfg: IngressConfig, folder: Path) -> str:
         "    timeout http-keep-alive 30s",
         f"    timeout queue {cfg.queue_timeout_ms}ms",
         *(f"    errorfile {status} {path}" for status, path in sorted(errors.items())),
+        *([
+            "frontend metrics",
+            f"    bind {cfg.metrics_host}:{cfg.metrics_port}",
+            "    http-request use-service prometheus-exporter if { path /metrics }",
+            "    http-request return status 404 content-type text/plain string \"see /metrics\"",
+        ] if cfg.metrics_port else []),
         "frontend api",
         f"    bind {cfg.host}:{cfg.port}",
         f"    acl probe path {' '.join(PROBES)}",

@@ -50,8 +50,11 @@ def served(feature_env, tmp_path_factory):
                 break
         match = re.search(r"listening on (http://\S+) .*Prometheus metrics (http://\S+)/metrics\)", line)
         assert match, f"no listening line; exit {proc.poll()}: {line}"
+        ingress = re.search(r"HAProxy's metrics .*: (http://\S+)/metrics", proc.stderr.readline())
+        assert ingress, "no line for the ingress's metrics"
         threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
-        yield {"url": match.group(1), "metrics": match.group(2), "port": port, "env": feature_env,
+        yield {"url": match.group(1), "metrics": match.group(2), "ingress_metrics": ingress.group(1), "port": port,
+               "env": feature_env,
                "thumbnails": tmp / "pam-thumbnails"}
     finally:
         if proc.poll() is None:
@@ -304,6 +307,10 @@ def test_metrics_listen_on_loopback_only(served):
     assert served["metrics"].startswith("http://127.0.0.1:")
     assert _listening_addresses(port) == {"127.0.0.1"}
     assert requests.get(f"{served['metrics']}/metrics", timeout=30).status_code == 200
+    ingress_port = int(served["ingress_metrics"].rsplit(":", 1)[1])  # HAProxy's, beside Ray's
+    assert served["ingress_metrics"].startswith("http://127.0.0.1:")
+    assert _listening_addresses(ingress_port) == {"127.0.0.1"}
+    assert "haproxy_backend_current_queue" in requests.get(f"{served['ingress_metrics']}/metrics", timeout=30).text
 
 
 def test_openapi_keeps_every_constraint_the_service_enforces(served):

@@ -222,6 +222,29 @@ def test_one_users_requests_stay_on_one_replica_until_it_is_busy(tmp_path, ports
             replica.stop()
 
 
+def test_its_metrics_count_the_requests_and_the_refused(tmp_path, ports):
+    _binary()
+    replica = Replica(ports[0], delay_s=0.1)
+    try:
+        with HAProxy(_config(ports, max_active=1, queue_timeout_ms=20, metrics_port=free_port()), tmp_path) as ingress:
+            ingress.wait_for_replicas(1, 10)
+            url = f"http://127.0.0.1:{ingress.cfg.port}/v1/users/u/rerank"
+            with ThreadPoolExecutor(6) as pool:
+                statuses = [r.status_code for r in pool.map(lambda _: requests.get(url, timeout=10), range(6))]
+            text = requests.get(f"http://127.0.0.1:{ingress.cfg.metrics_port}/metrics", timeout=5).text
+        assert 503 in statuses and 200 in statuses
+        served = [line for line in text.splitlines()
+                  if line.startswith("haproxy_server_http_responses_total") and f'server="r{ports[0]}"' in line
+                  and 'code="2xx"' in line and 'proxy="replicas"' in line]
+        assert served and float(served[0].rsplit(" ", 1)[1]) >= statuses.count(200), served
+        assert "haproxy_backend_current_queue" in text
+        refused = [line for line in text.splitlines() if line.startswith("haproxy_frontend_http_responses_total")
+                   and 'code="5xx"' in line and 'proxy="api"' in line]
+        assert refused and float(refused[0].rsplit(" ", 1)[1]) >= statuses.count(503), refused
+    finally:
+        replica.stop()
+
+
 def test_without_a_binary_the_error_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("PAM_HAPROXY", str(tmp_path / "missing-haproxy"))
     with pytest.raises(FileNotFoundError, match=r"PAM_HAPROXY=.*missing-haproxy is not an executable"):
