@@ -25,21 +25,34 @@ TELLING = re.compile(r"error|fail|exception|in use|refused", re.IGNORECASE)
 
 
 LOOPBACK = ("127.0.0.1", "localhost")
+# Ray's processes beside the GCS, the raylet and the workers: metrics and process stats, runtime
+# environments, log forwarding, the autoscaler's monitor, the dashboard's head (first argument, or
+# the script a Python interpreter runs)
+BACKGROUND_PROCESSES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "dashboard/agent.py",
+                        "runtime_env/agent/main.py", "_private/log_monitor.py", "autoscaler/_private/monitor.py",
+                        "dashboard/dashboard.py")
 
 
 def init_local_ray(attempts: int = 2, metrics_port: int | None = None, system_config: dict | None = None,
-                   metrics_host: str = "127.0.0.1", **kwargs) -> int:
+                   metrics_host: str = "127.0.0.1", background_niceness: int | None = 19, **kwargs) -> int:
     """`ray.init(address="local", **kwargs)`, tried up to `attempts` times; returns the port of
     Ray's Prometheus metrics. Without `metrics_port`, each try takes a port free at that moment.
     system_config: Ray's internal settings for the new node (see serving.cluster.ray_compat).
     metrics_host: Ray's metrics exporter binds either the loopback interface (127.0.0.1 /
-    localhost here) or every interface (anything else); it knows no other choice."""
+    localhost here) or every interface (anything else); it knows no other choice.
+    background_niceness: the CPU priority of Ray's background processes (lower_background_priority;
+    None leaves them at this process's)."""
     import ray
 
-    from serving.cluster.ray_compat import bind_local_node_to_loopback, init_options
+    from serving.cluster.ray_compat import (
+        bind_local_node_to_loopback,
+        init_options,
+        workers_at_driver_priority,
+    )
 
     if metrics_host in LOOPBACK:
         bind_local_node_to_loopback()
+    workers_at_driver_priority()
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for attempt in range(1, attempts + 1):
@@ -47,6 +60,8 @@ def init_local_ray(attempts: int = 2, metrics_port: int | None = None, system_co
         before = _descendants(os.getpid())
         try:
             ray.init(address="local", **init_options(port, system_config), **kwargs)
+            if background_niceness is not None:
+                lower_background_priority(background_niceness)
             return port
         except Exception as error:  # Ray raises a bare Exception for this
             if STARTUP_TIMEOUT_MESSAGE not in str(error) or attempt == attempts:
@@ -56,6 +71,37 @@ def init_local_ray(attempts: int = 2, metrics_port: int | None = None, system_co
             _stop(_descendants(os.getpid()) - before)
             ray.shutdown()
     raise AssertionError("unreachable")
+
+
+def lower_background_priority(niceness: int = 19, pid: int | None = None) -> list[int]:
+    """Ray's background processes below `pid` (default: this driver) at CPU priority `niceness`
+    (every thread: Linux keeps a nice value per thread); returns their pids.
+
+    Their work comes in bursts (the dashboard agent collects and exports metrics for ~0.2 s of a
+    core every 10 s), and on a node with few cores a burst beside a replica's requests is those
+    requests' tail latency. At the lowest priority it runs in the cores' idle time instead; none
+    of these processes answers a request or decides a replica's health.
+    """
+    lowered = []
+    for child in sorted(_descendants(pid or os.getpid())):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        script = next((a for a in argv[1:] if not a.startswith("-")), "") if "python" in argv[0] else ""
+        if not any(argv[0] == name or script.endswith(name) for name in BACKGROUND_PROCESSES):
+            continue
+        try:
+            threads = [int(t) for t in os.listdir(f"/proc/{child}/task")]
+        except OSError:
+            continue
+        for thread in threads:
+            try:
+                os.setpriority(os.PRIO_PROCESS, thread, niceness)
+            except OSError:  # gone since, or not this user's
+                pass
+        lowered.append(child)
+    return lowered
 
 
 def _log_lines(per_log: int = 3) -> str:

@@ -32,6 +32,11 @@ upgraded that test fails first, and says which workaround to re-check.
    the loopback interface only when the node's address is a loopback one.
 5. Which exceptions mean "the Ray pipeline failed, retry it" (`is_ray_failure`): Ray raises
    errors of its own hierarchy and some from its internal modules that are not RayErrors.
+7. Ray starts its workers at nice 15 (its internal setting `worker_niceness`), Serve's replicas
+   included: a replica's Python threads then lose every contest for a core to the processes
+   beside it (a search tier, Ray's own GCS and raylet), and their requests wait. A node started
+   here gives its workers the driver's priority (`workers_at_driver_priority`, the environment
+   variable Ray's own job manager sets for the same reason, read when the node starts).
 """
 
 from __future__ import annotations
@@ -57,6 +62,12 @@ def init_options(metrics_port: int | None = None, system_config: dict | None = N
     if system_config:
         options["_system_config"] = dict(system_config)
     return options
+
+
+def workers_at_driver_priority() -> None:
+    """Workers of a local node started after this run at this process's nice value (see 7. above);
+    a RAY_worker_niceness already in the environment is kept."""
+    os.environ.setdefault("RAY_worker_niceness", str(os.getpriority(os.PRIO_PROCESS, 0)))
 
 
 def bind_local_node_to_loopback() -> None:

@@ -37,6 +37,23 @@ def test_private_ray_apis_are_used_only_in_ray_compat():
 
 
 @pytest.mark.ray
+def test_ray_runs_its_workers_at_nice_15_unless_told(monkeypatch):
+    """7.: what workers_at_driver_priority is there for (before the module's Ray starts)."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        assert ray.get(ray.remote(lambda: os.getpriority(os.PRIO_PROCESS, 0)).remote()) == 15
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
 def test_release_waits_for_exactly_the_pipelines_actors(local_ray):
     """Workaround 1: the actors filed by one pipeline die, the GCS says so, their CPUs come back;
     another pipeline's actors are untouched."""

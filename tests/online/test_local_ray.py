@@ -59,3 +59,31 @@ def test_other_start_failures_are_not_retried(capsys):
     with pytest.raises(RuntimeError, match="no_such_option"):
         local_ray.init_local_ray(num_cpus=1, include_dashboard=False, no_such_option=True)
     assert "trying again" not in capsys.readouterr().err
+
+
+def _nice_values(pid: int) -> set[int]:
+    values = set()
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        stat = open(f"/proc/{pid}/task/{thread}/stat").read()
+        values.add(int(stat[stat.rindex(")") + 2:].split()[16]))
+    return values
+
+
+def test_rays_background_processes_run_at_the_lowest_priority_and_the_rest_do_not():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        local_ray.init_local_ray(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        agents = _processes_below_us_named("ray::DashboardAgent") + _processes_below_us_named("ray::RuntimeEnvAgent")
+        assert len(agents) == 2
+        for pid in agents:
+            assert _nice_values(pid) == {19}, pid  # every thread
+        for name in ("/raylet/raylet", "gcs_server"):  # they decide the workers' health and placement
+            (pid,) = _processes_below_us_named(name)
+            assert _nice_values(pid) == {mine}, name
+        assert ray.get(ray.remote(lambda: os.getpriority(os.PRIO_PROCESS, 0)).remote()) == mine  # workers too
+    finally:
+        ray.shutdown()
