@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from serving import feature_table as ft
+from serving.feature_table import store as feature_store
 from serving.feature_table.store import FeatureStore
 from tests.batch.test_feature_table import make_rows
 
@@ -196,11 +197,14 @@ def test_store_benchmark_approaches_agree_at_small_size(tmp_path):
         assert getattr(bench, f"_bench_{approach}")(str(tmp_path), queries, 2, reference)["lookup_ms"] > 0
 
 
+@pytest.mark.parametrize("search", ["per id", "buckets"])
 @pytest.mark.parametrize("coarse,ranges", [(False, False), (True, False), (False, True), (True, True)])
-def test_lookups_agree_with_a_dict(tmp_path, rng, monkeypatch, coarse, ranges):
+def test_lookups_agree_with_a_dict(tmp_path, rng, monkeypatch, coarse, ranges, search):
     """Many ids, present and absent, against a plain dict; `coarse` makes hashes collide in
     groups (full buckets, equal hashes across different keys) to exercise every probe path;
-    `ranges` builds the index under a tiny memory budget, as several record batches."""
+    `ranges` builds the index under a tiny memory budget, as several record batches; `search`:
+    a binary search per id (a request's ids) or the bucket passes (large batches)."""
+    monkeypatch.setattr(feature_store, "DIRECT_SEARCH_MAX", 10**9 if search == "per id" else 0)
     if coarse:
         real = ft.key_hashes
         patch_hashes(monkeypatch, lambda keys: (real(keys) % np.uint64(97)) << np.uint64(57))
