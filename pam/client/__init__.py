@@ -6,6 +6,7 @@
         client.rate("ann", [("a.jpg", 4), ("b.jpg", 2)])        # request id generated: retries are safe
         ranking = client.rerank("ann", candidates, top_k=50)    # .image_ids, .scores best first
         rankings = client.rerank_many([("ann", ids1), ("bob", ids2)])
+        ranking = client.rerank("ann", candidates, timeout=Deadline(0.05))  # the whole call in 50 ms
 
 Retries connection errors, 429 and 503 (honouring Retry-After) with jittered backoff, never another
 4xx; spreads calls over several base URLs and fails over between them. Errors are exceptions
@@ -13,10 +14,11 @@ carrying the service's code and detail (ApiError.code, .detail, .status). Import
 library and httpx.
 """
 
+from pam.client._core import Deadline
 from pam.client.aio import AsyncClient
 from pam.client.errors import ApiError, ConnectionFailed, PamError, ServiceUnavailable, Timeout
 from pam.client.models import Album, PhotoScore, Ranking, RatingsAck, Suggestions, UserState
 from pam.client.sync import Client
 
-__all__ = ["Album", "ApiError", "AsyncClient", "Client", "ConnectionFailed", "PamError", "PhotoScore", "Ranking",
+__all__ = ["Album", "ApiError", "AsyncClient", "Client", "ConnectionFailed", "Deadline", "PamError", "PhotoScore", "Ranking",
            "RatingsAck", "ServiceUnavailable", "Suggestions", "Timeout", "UserState"]

@@ -44,6 +44,28 @@ class Call:
     raw_ok: frozenset = frozenset()  # error statuses returned as replies, not raised (readyz: 503)
 
 
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A timeout for a whole call: `timeout=Deadline(0.05)` bounds connect, send, every read of the
+    reply and any retry together (a plain number bounds each phase alone, so a service that trickles
+    its reply could take longer). `until` (time.monotonic) is fixed when the call starts, or by
+    `started()` for several calls that share one budget."""
+
+    seconds: float
+    until: float | None = None
+
+    def __post_init__(self):
+        if not self.seconds > 0:
+            raise ValueError(f"a deadline must be > 0 seconds, got {self.seconds!r}")
+
+    def started(self) -> Deadline:
+        return self if self.until is not None else Deadline(self.seconds, time.monotonic() + self.seconds)
+
+    def left(self) -> float:
+        """Seconds left (<= 0 once passed); a deadline not yet started has all of them."""
+        return self.seconds if self.until is None else self.until - time.monotonic()
+
+
 @dataclass(slots=True)
 class RetryPolicy:
     """Retries on connection errors, 429 and 503, never on another status. Waits are full jitter,
@@ -268,7 +290,7 @@ class ApiCalls:
     """The API's methods, written once: each builds a Call and hands it to `self._run`, which
     returns the result (Client) or an awaitable of it (AsyncClient)."""
 
-    def _run(self, call: Call, timeout: float | None = None, retries: int | None = None):
+    def _run(self, call: Call, timeout: float | Deadline | None = None, retries: int | None = None):
         raise NotImplementedError
 
     # ------------------------------------------------------------ operations
@@ -285,7 +307,7 @@ class ApiCalls:
         return self._run(Call("GET", f"{API}/info", _json))
 
     # ------------------------------------------------------------ photos
-    def score(self, image_ids: Sequence[str], include_features: bool = False, timeout: float | None = None):
+    def score(self, image_ids: Sequence[str], include_features: bool = False, timeout: float | Deadline | None = None):
         """Generic scores (and features) of photos by id -> list[PhotoScore]; ids the store lacks
         but whose file the service can reach are scored now."""
         return self._run(Call("POST", f"{API}/photos/score", lambda r: [PhotoScore.from_json(p) for p in
@@ -293,7 +315,7 @@ class ApiCalls:
                               {"image_ids": list(image_ids), "include_features": include_features}), timeout)
 
     def upload(self, photos: Iterable[Any], image_ids: Sequence[str] | None = None, include_features: bool = False,
-               timeout: float | None = None):
+               timeout: float | Deadline | None = None):
         """Upload photos (bytes, (name, bytes) or paths): scored and kept by the service ->
         list[PhotoScore] (default ids upload:<sha256 prefix>, so a retry stores nothing twice)."""
         data: dict = {"include_features": "true" if include_features else "false"}
@@ -324,7 +346,7 @@ class ApiCalls:
         return self._run(Call("GET", f"{_user_path(user_id)}/album", lambda r: Album.from_json(_json(r)),
                               user_id=user_id))
 
-    def rate(self, user_id: str, ratings: Any, request_id: str | None = None, timeout: float | None = None):
+    def rate(self, user_id: str, ratings: Any, request_id: str | None = None, timeout: float | Deadline | None = None):
         """Store ratings (1-5): (image_id, score) pairs, {image_id, score} dicts or a mapping.
         A request id is generated when none is given, and every retry of this call sends the same
         one, so a rating is never applied twice -> RatingsAck (after the ratings are durable)."""
@@ -339,7 +361,7 @@ class ApiCalls:
                               params={"n": n}, user_id=user_id))
 
     def rerank(self, user_id: str, candidates: Sequence[Any], top_k: int | None = None,
-               timeout: float | None = None, retries: int | None = None, include: Any = None):
+               timeout: float | Deadline | None = None, retries: int | None = None, include: Any = None):
         """Re-rank up to 1,000 candidates for the user -> Ranking (.image_ids, .scores best first).
         Candidates are image ids, or dicts / PhotoScore objects with inline features. include:
         opt-in parts of the reply, e.g. ["uncertainty"] (Ranking.std) or ["reasons"]."""
@@ -376,7 +398,7 @@ def client_headers(api_key: str | None, headers: dict | None) -> dict:
     return out
 
 
-def request_kwargs(call: Call, timeout: float | None) -> dict:
+def request_kwargs(call: Call, timeout: float | Deadline | None) -> dict:
     kwargs: dict = {}
     if call.json_body is not None:
         kwargs["content"] = json.dumps(call.json_body, separators=(",", ":")).encode()
@@ -389,5 +411,5 @@ def request_kwargs(call: Call, timeout: float | None) -> dict:
     if call.user_id is not None:
         kwargs.setdefault("headers", {})["serve_multiplexed_model_id"] = call.user_id
     if timeout is not None:
-        kwargs["timeout"] = timeout
+        kwargs["timeout"] = timeout.seconds if isinstance(timeout, Deadline) else timeout
     return kwargs

@@ -16,6 +16,7 @@ from pam.client._core import (
     Attempts,
     BasePool,
     Call,
+    Deadline,
     RetryPolicy,
 )
 from pam.client.errors import ApiError, Timeout
@@ -28,21 +29,35 @@ class AsyncClient(ApiCalls):
         async with AsyncClient(["http://10.0.0.5:9001", "http://10.0.0.6:9001"]) as client:
             ranking = await client.rerank("ann", candidate_ids, top_k=50)
 
-    A call bounded by a deadline: `await asyncio.wait_for(client.rerank(...), 0.05)`.
+    A call bounded by a deadline: `await client.rerank(..., timeout=Deadline(0.05))` (every phase and
+    retry together; a plain number bounds each phase).
     """
 
-    def __init__(self, base_url: str | Sequence[str], api_key: str | None = None, timeout: float = 10.0, *,
+    def __init__(self, base_url: str | Sequence[str], api_key: str | None = None, timeout: float | Deadline = 10.0, *,
                  retries: int = 3, backoff: float = 0.05, max_backoff: float = 2.0, max_retry_after: float = 30.0,
                  headers: dict | None = None, max_connections: int = 100, trust_env: bool = False):
         self.pool = BasePool(base_url)
         self.policy = RetryPolicy(retries, backoff, max_backoff, max_retry_after)
         self.timeout = timeout
-        self._http = httpx.AsyncClient(headers=_core.client_headers(api_key, headers), timeout=timeout,
+        per_phase = timeout.seconds if isinstance(timeout, Deadline) else timeout
+        self._http = httpx.AsyncClient(headers=_core.client_headers(api_key, headers), timeout=per_phase,
                                        limits=httpx.Limits(max_connections=max_connections,
                                                            max_keepalive_connections=max_connections),
                                        trust_env=trust_env)
 
-    async def _run(self, call: Call, timeout: float | None = None, retries: int | None = None) -> Any:
+    async def _run(self, call: Call, timeout: float | Deadline | None = None, retries: int | None = None) -> Any:
+        if timeout is None and isinstance(self.timeout, Deadline):
+            timeout = self.timeout
+        if not isinstance(timeout, Deadline):
+            return await self._attempts(call, timeout, retries)
+        deadline = timeout.started()
+        try:
+            async with asyncio.timeout_at(asyncio.get_running_loop().time() + deadline.left()):
+                return await self._attempts(call, deadline, retries)
+        except TimeoutError as exc:
+            raise Timeout(f"{call.method} {call.path}: no reply within {deadline.seconds:g} s") from exc
+
+    async def _attempts(self, call: Call, timeout: float | Deadline | None, retries: int | None) -> Any:
         attempts = Attempts(self.pool, self.policy, retries)
         kwargs = _core.request_kwargs(call, timeout)
         while True:
@@ -60,9 +75,12 @@ class AsyncClient(ApiCalls):
             if result is not RETRY:
                 return result
 
-    async def rerank_many(self, queries: Iterable[Any], timeout: float | None = None,
+    async def rerank_many(self, queries: Iterable[Any], timeout: float | Deadline | None = None,
                           include: Any = None) -> list[Ranking | ApiError]:
         """The bulk endpoint (see Client.rerank_many); requests of 64 queries go concurrently."""
+        timeout = self.timeout if timeout is None and isinstance(self.timeout, Deadline) else timeout
+        if isinstance(timeout, Deadline):  # one budget for all the requests
+            timeout = timeout.started()
         replies = await asyncio.gather(*(self._run(call, timeout) for call in _core.bulk_calls(queries, include)))
         return [r for reply in replies for r in reply]
 

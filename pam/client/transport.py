@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import ssl
 import threading
+import time
 from urllib.parse import urlencode, urlsplit
 
 
@@ -65,6 +68,57 @@ class Reply:
         return self.url
 
 
+class _DeadlineIO:
+    """A socket whose every send and receive waits at most until `deadline` (time.monotonic), and
+    at most `phase_timeout` each: a reply trickled byte by byte still ends at the deadline."""
+
+    deadline: float | None = None
+    phase_timeout: float | None = None
+
+    def _arm(self) -> None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the call's deadline passed")
+            self.settimeout(left if self.phase_timeout is None else min(left, self.phase_timeout))
+
+    def recv_into(self, *args, **kwargs):
+        self._arm()
+        return super().recv_into(*args, **kwargs)
+
+    def recv(self, *args, **kwargs):
+        self._arm()
+        return super().recv(*args, **kwargs)
+
+    def sendall(self, *args, **kwargs):
+        self._arm()
+        return super().sendall(*args, **kwargs)
+
+    def send(self, *args, **kwargs):
+        self._arm()
+        return super().send(*args, **kwargs)
+
+
+class _DeadlineSocket(_DeadlineIO, socket.socket):
+    pass
+
+
+class _DeadlineSSLSocket(_DeadlineIO, ssl.SSLSocket):
+    pass
+
+
+class _Connection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        plain = self.sock
+        self.sock = _DeadlineSocket(plain.family, plain.type, plain.proto, fileno=plain.detach())
+        self.sock.settimeout(self.timeout)
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    pass  # its context's sslsocket_class is _DeadlineSSLSocket
+
+
 class ConnectionPool:
     """Idle kept-alive connections per base URL, taken and given back by the calling thread."""
 
@@ -72,37 +126,57 @@ class ConnectionPool:
         self.max_idle = max_idle
         self._idle: dict[str, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
 
     def _new(self, base: str, timeout: float) -> http.client.HTTPConnection:
         parts = urlsplit(base)
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        return cls(parts.hostname, parts.port, timeout=timeout)
+        if parts.scheme != "https":
+            return _Connection(parts.hostname, parts.port, timeout=timeout)
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+            self._tls.sslsocket_class = _DeadlineSSLSocket
+        return _TLSConnection(parts.hostname, parts.port, timeout=timeout, context=self._tls)
 
     def request(self, base: str, method: str, path: str, body: bytes | None, headers: dict,
-                timeout: float) -> Reply:
+                timeout: float, deadline: float | None = None) -> Reply:
+        """One request on a kept-alive (or new) connection. `timeout` bounds each phase; `deadline`
+        (time.monotonic), when given, the whole request."""
         try:
-            return self._request(base, method, path, body, headers, timeout)
+            return self._request(base, method, path, body, headers, timeout, deadline)
         except _StaleConnection:
             # the server closed a kept-alive connection while it sat idle (uvicorn after 5 s):
             # not a failure of the service, so a fresh connection goes at once, outside the retries
-            return self._request(base, method, path, body, headers, timeout, fresh=True)
+            return self._request(base, method, path, body, headers, timeout, deadline, fresh=True)
 
     def _request(self, base: str, method: str, path: str, body: bytes | None, headers: dict,
-                 timeout: float, fresh: bool = False) -> Reply:
+                 timeout: float, deadline: float | None, fresh: bool = False) -> Reply:
         with self._lock:
             idle = self._idle.get(base)
             conn = idle.pop() if idle and not fresh else None
         reused = conn is not None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if conn is not None:
+                    self._give_back(base, conn)
+                raise ReplyTimeout("the call's deadline passed")
+            timeout = min(timeout, left)
         if conn is None:
             conn = self._new(base, timeout)
             try:
                 conn.connect()
+            except TimeoutError as exc:
+                conn.close()
+                if deadline is not None and deadline <= time.monotonic():
+                    raise ReplyTimeout(f"no connection before the call's deadline ({exc})") from exc
+                raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
             except OSError as exc:
                 conn.close()
                 raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
         else:
             conn.timeout = timeout
             conn.sock.settimeout(timeout)
+        conn.sock.deadline, conn.sock.phase_timeout = deadline, timeout
         try:
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
@@ -120,14 +194,16 @@ class ConnectionPool:
         if response.will_close:
             conn.close()
         else:
-            with self._lock:
-                idle = self._idle.setdefault(base, [])
-                if len(idle) < self.max_idle:
-                    idle.append(conn)
-                    conn = None
-            if conn is not None:
-                conn.close()
+            self._give_back(base, conn)
         return reply
+
+    def _give_back(self, base: str, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(base, [])
+            if len(idle) < self.max_idle:
+                idle.append(conn)
+                return
+        conn.close()
 
     def close(self) -> None:
         with self._lock:

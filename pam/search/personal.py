@@ -7,20 +7,17 @@ has a deadline (default 50 ms): when the service is slow, down, refuses the quer
 model for the user yet, the answer is the engine's own order with `personalized: false` and the
 reason. Personalization never makes search fail.
 
-`PersonalSearch` is for threaded callers (the deadline is kept by waiting on a worker thread);
-`AsyncPersonalSearch` for asyncio ones (a web framework's handlers): the same answers, the
-deadline kept by the loop, no thread per query.
+`PersonalSearch` is for threaded callers (the re-rank runs in the calling thread, its socket reads
+bounded by the deadline); `AsyncPersonalSearch` for asyncio ones (a web framework's handlers): the
+same answers, the deadline kept by the loop, no thread per query.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from pam.client import ApiError, AsyncClient, Client, ConnectionFailed, PamError, Ranking
+from pam.client import ApiError, AsyncClient, Client, ConnectionFailed, Deadline, PamError, Ranking
 from pam.client import Timeout as ClientTimeout
 from serving.search.index import Hit, PhotoIndex
 
@@ -73,7 +70,7 @@ def _engine_result(index: PhotoIndex, query: str, user_id: str | None, window: i
 
 
 def _failure_reason(exc: BaseException, deadline_s: float) -> str:
-    if isinstance(exc, TimeoutError | ClientTimeout):  # the worker's, the loop's, the client's
+    if isinstance(exc, ClientTimeout):
         return f"the re-rank did not answer within {deadline_s * 1e3:g} ms"
     if isinstance(exc, ConnectionFailed):
         return f"the personalization service is unreachable ({exc.attempts[-1] if exc.attempts else exc})"
@@ -119,7 +116,6 @@ class _Searcher:
     from base_url with the deadline as its timeout and no retries, unless one is given)."""
 
     _client_class: type = Client
-    _deadline_workers = 0  # threads that keep the deadline (the threaded variant's)
 
     def __init__(self, index: PhotoIndex, base_url: str | list[str] | None, api_key: str | None = None,
                  deadline_s: float = DEFAULT_DEADLINE_S, window: int = DEFAULT_WINDOW, client=None):
@@ -129,18 +125,17 @@ class _Searcher:
         self.client = client or (self._client_class(base_url, api_key=api_key, timeout=deadline_s, retries=0)
                                  if base_url else None)
         self._own_client = client is None
-        self._workers = (ThreadPoolExecutor(max_workers=self._deadline_workers, thread_name_prefix="pam-rerank")
-                         if self._deadline_workers else None)
+
+    def _parts(self, user_id: str, ids: list[str]) -> tuple[Deadline, list | None]:
+        """The re-rank's deadline, started now, and the bulk endpoint's parts when ids need several."""
+        return Deadline(self.deadline_s).started(), (_parts(user_id, ids) if len(ids) > MAX_CANDIDATES else None)
 
 
 class PersonalSearch(_Searcher):
     """Search `index`, re-ranked for a user through the service at `base_url` (one URL or several
-    direct-ingress replicas). The re-rank call gets `deadline_s` in all; it is not retried (a
-    retry would not fit in the deadline; the next query tries again). `client`: a pam.client.Client."""
-
-    # the deadline is kept by waiting on a worker: an HTTP timeout bounds each phase of a call,
-    # not the call, and a service that trickles bytes could pass each phase's limit
-    _deadline_workers = 8
+    direct-ingress replicas). The re-rank call gets `deadline_s` in all (pam.client.Deadline: connect,
+    send and every read of the reply, in the calling thread); it is not retried (a retry would not
+    fit in the deadline; the next query tries again). `client`: a pam.client.Client."""
 
     def search(self, query: str, user_id: str | None = None, window: int | None = None) -> SearchResult:
         start = time.perf_counter()
@@ -148,21 +143,17 @@ class PersonalSearch(_Searcher):
         searched = time.perf_counter()
         if ids is None:
             return _finish(result, start, searched, False)
-        future = self._workers.submit(self._rerank, user_id, ids)
+        deadline, parts = self._parts(user_id, ids)
         try:
-            _apply(result, future.result(timeout=self.deadline_s))
-        except (FutureTimeout, PamError) as exc:
-            future.cancel()
+            if parts is None:
+                _apply(result, self.client.rerank(user_id, ids, timeout=deadline, retries=0))
+            else:
+                _apply(result, _merge(user_id, self.client.rerank_many(parts, timeout=deadline)))
+        except PamError as exc:
             result.reason = _failure_reason(exc, self.deadline_s)
         return _finish(result, start, searched, True)
 
-    def _rerank(self, user_id: str, ids: list[str]) -> Ranking:
-        if len(ids) <= MAX_CANDIDATES:
-            return self.client.rerank(user_id, ids, timeout=self.deadline_s, retries=0)
-        return _merge(user_id, self.client.rerank_many(_parts(user_id, ids), timeout=self.deadline_s))
-
     def close(self) -> None:
-        self._workers.shutdown(wait=False, cancel_futures=True)
         if self._own_client and self.client is not None:
             self.client.close()
 
@@ -175,9 +166,8 @@ class PersonalSearch(_Searcher):
 
 class AsyncPersonalSearch(_Searcher):
     """PersonalSearch for asyncio callers: `await search(query, user_id)`. The engine's search runs
-    inline (it takes well under a millisecond at a window of 200); the re-rank is awaited under
-    `asyncio.wait_for`, so the deadline bounds the whole call with no worker thread. `client`: a
-    pam.client.AsyncClient."""
+    inline (it takes well under a millisecond at a window of 200); the re-rank is awaited under the
+    same Deadline (the loop keeps it), no thread per query. `client`: a pam.client.AsyncClient."""
 
     _client_class = AsyncClient
 
@@ -187,16 +177,15 @@ class AsyncPersonalSearch(_Searcher):
         searched = time.perf_counter()
         if ids is None:
             return _finish(result, start, searched, False)
+        deadline, parts = self._parts(user_id, ids)
         try:
-            _apply(result, await asyncio.wait_for(self._rerank(user_id, ids), self.deadline_s))
-        except (TimeoutError, PamError) as exc:
+            if parts is None:
+                _apply(result, await self.client.rerank(user_id, ids, timeout=deadline, retries=0))
+            else:
+                _apply(result, _merge(user_id, await self.client.rerank_many(parts, timeout=deadline)))
+        except PamError as exc:
             result.reason = _failure_reason(exc, self.deadline_s)
         return _finish(result, start, searched, True)
-
-    async def _rerank(self, user_id: str, ids: list[str]) -> Ranking:
-        if len(ids) <= MAX_CANDIDATES:
-            return await self.client.rerank(user_id, ids, timeout=self.deadline_s, retries=0)
-        return _merge(user_id, await self.client.rerank_many(_parts(user_id, ids), timeout=self.deadline_s))
 
     async def aclose(self) -> None:
         if self._own_client and self.client is not None:

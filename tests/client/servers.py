@@ -89,3 +89,48 @@ class FlakyProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class TrickleServer:
+    """Answers every request 200 with a JSON body sent one byte every `gap_s` (each read of the
+    reply comes quickly; the whole reply takes len(body) * gap_s)."""
+
+    def __init__(self, body: bytes = b'{"status":"ok","pad":"' + b"x" * 60 + b'"}', gap_s: float = 0.02):
+        self.body, self.gap_s = body, gap_s
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.flush()
+                try:
+                    for k in range(len(outer.body)):
+                        self.wfile.write(outer.body[k:k + 1])
+                        self.wfile.flush()
+                        time.sleep(outer.gap_s)
+                except OSError:  # the client gave up
+                    self.close_connection = True
+
+            do_GET = do_POST = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> TrickleServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

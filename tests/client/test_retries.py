@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from pam.client import ApiError, AsyncClient, Client, ServiceUnavailable, Timeout
-from tests.client.servers import FlakyProxy
+from pam.client import ApiError, AsyncClient, Client, Deadline, ServiceUnavailable, Timeout
+from tests.client.servers import FlakyProxy, TrickleServer
 from tests.conftest import free_port
 
 
@@ -89,6 +89,57 @@ def test_a_timeout_is_raised_and_not_retried(service):
             client.health()
         assert time.monotonic() - start < 1.0
         assert client.health(), "the next call goes through"  # the stall was the first request only
+
+
+def test_a_trickled_reply_passes_a_per_phase_timeout_but_not_a_deadline():
+    """Each byte comes within the 0.2 s timeout, so a plain timeout lets the reply take its 1.6 s;
+    Deadline(0.2) ends the call at 0.2 s: per call or as the client's default, sync and asyncio."""
+    with TrickleServer() as slow:
+        with Client(slow.url, timeout=0.2, retries=0) as client:
+            start = time.monotonic()
+            assert client.health()["status"] == "ok"
+            assert time.monotonic() - start > 1.0
+            start = time.monotonic()
+            with pytest.raises(Timeout):
+                client._run(_health_call(), Deadline(0.2))
+            assert time.monotonic() - start < 0.4
+        with Client(slow.url, timeout=Deadline(0.2), retries=0) as client:
+            start = time.monotonic()
+            with pytest.raises(Timeout):
+                client.health()
+            assert time.monotonic() - start < 0.4
+
+        async def on_asyncio():
+            async with AsyncClient(slow.url, timeout=Deadline(0.2), retries=0) as aclient:
+                began = time.monotonic()
+                with pytest.raises(Timeout):
+                    await aclient.health()
+                return time.monotonic() - began
+
+        assert asyncio.run(on_asyncio()) < 0.4
+
+
+def _health_call():
+    """GET /v1/healthz as a Call: health() takes no timeout of its own."""
+    from pam.client._core import Call, _json
+
+    return Call("GET", "/v1/healthz", _json)
+
+
+def test_a_deadline_bounds_connect_and_retries_and_leaves_the_connection_clean(service):
+    with pytest.raises(ValueError):
+        Deadline(0)
+    with FlakyProxy(service["url"], fail_first=1000, status=503) as refusing, \
+            Client(refusing.url, retries=5, backoff=0.2) as client:
+        start = time.monotonic()
+        with pytest.raises((Timeout, ServiceUnavailable)):
+            client.rerank("dl-user", ["a.jpg"], timeout=Deadline(0.15))
+        assert time.monotonic() - start < 0.4  # no backoff that does not fit
+    with Client(service["url"], retries=0) as client:
+        assert client._run(_health_call(), Deadline(0.5))["status"] == "ok"
+        time.sleep(0.6)  # that deadline has passed; the kept-alive connection must not remember it
+        assert client._run(_health_call(), 5.0)["status"] == "ok"
+        assert client._connections._idle  # and it was reused, not replaced
 
 
 def test_async_client_retries_and_fails_over(service):

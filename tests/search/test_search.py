@@ -18,7 +18,7 @@ from pam.search.personal import AsyncPersonalSearch, PersonalSearch
 from personalize.features import AES_FEAT_DIM, N_ATTRIBUTES, N_CONTENT
 from serving.online.app import LocalRuntime, create_app
 from serving.search.index import describe, index_dir, open_for_feature_table
-from tests.client.servers import FlakyProxy
+from tests.client.servers import FlakyProxy, TrickleServer
 from tests.conftest import ROOT
 from tests.online.conftest import ThreadedServer
 
@@ -142,6 +142,28 @@ def test_a_slow_service_costs_search_only_its_deadline(photos_env):
     assert result.personalized is False and "within 50 ms" in result.reason
     assert result.image_ids == [h.image_id for h in index.search("dog", 200)]
     assert took < 1.0  # the service would have taken 2 s
+
+
+def test_a_service_that_trickles_its_reply_costs_search_only_its_deadline(photos_env):
+    """Every byte of the reply comes soon after the one before (no read waits long), the whole
+    reply takes 1.6 s: the deadline bounds the call, not each read; threads and asyncio."""
+    index = open_for_feature_table(photos_env["root"])
+    with TrickleServer() as slow:
+        with PersonalSearch(index, slow.url, deadline_s=0.1) as search:
+            start = time.monotonic()
+            result = search.search("dog", USER)
+            took = time.monotonic() - start
+
+        async def on_asyncio():
+            async with AsyncPersonalSearch(index, slow.url, deadline_s=0.1) as search:
+                began = time.monotonic()
+                return await search.search("dog", USER), time.monotonic() - began
+
+        async_result, async_took = asyncio.run(on_asyncio())
+    for got, seconds in ((result, took), (async_result, async_took)):
+        assert got.personalized is False and "within 100 ms" in got.reason, got.reason
+        assert got.image_ids == [h.image_id for h in index.search("dog", 200)]
+        assert seconds < 0.5
 
 
 @pytest.mark.photos
