@@ -11,7 +11,7 @@
 Retries connection errors, 429 and 503 (honouring Retry-After) with jittered backoff, never another
 4xx; spreads calls over several base URLs and fails over between them. Errors are exceptions
 carrying the service's code and detail (ApiError.code, .detail, .status). Imports only the standard
-library and httpx.
+library (and httpx, to encode an upload's multipart body).
 """
 
 from pam.client._core import Deadline

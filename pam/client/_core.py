@@ -14,19 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from pam.client.errors import ApiError, ConnectionFailed, PamError, ServiceUnavailable
 from pam.client.models import Album, PhotoScore, Ranking, RatingsAck, Suggestions, UserState
+from pam.client.transport import Reply
 
 API = "/v1"
 MAX_CANDIDATES = 1000  # per re-rank query (the service's limit)
 MAX_BULK_QUERIES = 64  # per bulk request (the service's limit); rerank_many splits longer lists
 RETRY_STATUSES = frozenset({429, 503})
-# the request may not have reached the handler (refused, reset, a kept-alive connection closed
-# under us); every call of this API is safe to repeat (ratings carry a request id), so these retry
-RETRY_EXCEPTIONS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
-                    httpx.RemoteProtocolError)
 
 
 @dataclass(slots=True)
@@ -35,7 +30,7 @@ class Call:
 
     method: str
     path: str
-    parse: Callable[[httpx.Response], Any]
+    parse: Callable[[Reply], Any]
     json_body: Any = None
     params: dict | None = None
     files: Any = None
@@ -130,7 +125,7 @@ class BasePool:
                 self._down_until[index] = self._wait_until[index] = 0.0
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: Reply) -> float | None:
     value = response.headers.get("retry-after")
     if not value:
         return None
@@ -145,7 +140,7 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def api_error(response: httpx.Response) -> ApiError:
+def api_error(response: Reply) -> ApiError:
     try:
         body = response.json()
     except ValueError:
@@ -184,7 +179,7 @@ class Attempts:
             raise ConnectionFailed(f"could not reach the service after {self.attempt} attempts: "
                                    + "; ".join(self.failures[-3:]), self.failures) from exc
 
-    def reply(self, index: int, response: httpx.Response, call: Call) -> Any:
+    def reply(self, index: int, response: Reply, call: Call) -> Any:
         """The parsed reply, an ApiError raised, or RETRY."""
         status = response.status_code
         if status < 400 or status in call.raw_ok:
@@ -204,7 +199,7 @@ class Attempts:
 RETRY = object()
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(response: Reply) -> Any:
     return json.loads(response.content) if response.content else None
 
 
@@ -264,7 +259,7 @@ def _bulk_query(query: Any, include: Any = None) -> dict:
     return {"user_id": user_id, **rerank_body(candidates, rest[0] if rest else None, include)}
 
 
-def _bulk_results(response: httpx.Response) -> list[Ranking | ApiError]:
+def _bulk_results(response: Reply) -> list[Ranking | ApiError]:
     return [ApiError.from_bulk(r) if "error" in r else Ranking.from_json(r) for r in _json(response)["results"]]
 
 
@@ -396,20 +391,3 @@ def client_headers(api_key: str | None, headers: dict | None) -> dict:
         out["X-API-Key"] = api_key
     out.update(headers or {})
     return out
-
-
-def request_kwargs(call: Call, timeout: float | Deadline | None) -> dict:
-    kwargs: dict = {}
-    if call.json_body is not None:
-        kwargs["content"] = json.dumps(call.json_body, separators=(",", ":")).encode()
-        kwargs["headers"] = {"Content-Type": "application/json"}
-    if call.params:
-        kwargs["params"] = call.params
-    if call.files is not None:
-        kwargs["files"] = call.files
-        kwargs["data"] = call.data
-    if call.user_id is not None:
-        kwargs.setdefault("headers", {})["serve_multiplexed_model_id"] = call.user_id
-    if timeout is not None:
-        kwargs["timeout"] = timeout.seconds if isinstance(timeout, Deadline) else timeout
-    return kwargs

@@ -1,4 +1,4 @@
-"""`AsyncClient`: the same API for asyncio (httpx.AsyncClient), same retries and failover."""
+"""`AsyncClient`: the same API for asyncio (kept-alive asyncio streams), same retries and failover."""
 
 from __future__ import annotations
 
@@ -6,12 +6,9 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import httpx
-
 from pam.client import _core
 from pam.client._core import (
     RETRY,
-    RETRY_EXCEPTIONS,
     ApiCalls,
     Attempts,
     BasePool,
@@ -21,6 +18,13 @@ from pam.client._core import (
 )
 from pam.client.errors import ApiError, Timeout
 from pam.client.models import Ranking
+from pam.client.transport import (
+    AsyncConnectionPool,
+    ConnectFailed,
+    ConnectionBroke,
+    ReplyTimeout,
+    encode,
+)
 
 
 class AsyncClient(ApiCalls):
@@ -30,7 +34,8 @@ class AsyncClient(ApiCalls):
             ranking = await client.rerank("ann", candidate_ids, top_k=50)
 
     A call bounded by a deadline: `await client.rerank(..., timeout=Deadline(0.05))` (every phase and
-    retry together; a plain number bounds each phase).
+    retry together; a plain number bounds each phase). One client per event loop; neither client
+    reads proxy settings from the environment (`trust_env=True` is refused).
     """
 
     def __init__(self, base_url: str | Sequence[str], api_key: str | None = None, timeout: float | Deadline = 10.0, *,
@@ -39,11 +44,11 @@ class AsyncClient(ApiCalls):
         self.pool = BasePool(base_url)
         self.policy = RetryPolicy(retries, backoff, max_backoff, max_retry_after)
         self.timeout = timeout
-        per_phase = timeout.seconds if isinstance(timeout, Deadline) else timeout
-        self._http = httpx.AsyncClient(headers=_core.client_headers(api_key, headers), timeout=per_phase,
-                                       limits=httpx.Limits(max_connections=max_connections,
-                                                           max_keepalive_connections=max_connections),
-                                       trust_env=trust_env)
+        if trust_env:
+            raise ValueError("AsyncClient does not read proxy settings from the environment: give the "
+                             "service's base URLs (trust_env=True is not supported)")
+        self._headers = _core.client_headers(api_key, headers)
+        self._connections = AsyncConnectionPool(max_idle=max_connections)
 
     async def _run(self, call: Call, timeout: float | Deadline | None = None, retries: int | None = None) -> Any:
         if timeout is None and isinstance(self.timeout, Deadline):
@@ -59,19 +64,22 @@ class AsyncClient(ApiCalls):
 
     async def _attempts(self, call: Call, timeout: float | Deadline | None, retries: int | None) -> Any:
         attempts = Attempts(self.pool, self.policy, retries)
-        kwargs = _core.request_kwargs(call, timeout)
+        path, body, headers = encode(call, self._headers)
+        timeout = self.timeout if timeout is None else timeout
+        per_phase = timeout.seconds if isinstance(timeout, Deadline) else timeout
         while True:
             index, wait = attempts.next()
             if wait:
                 await asyncio.sleep(wait)
             try:
-                response = await self._http.request(call.method, self.pool.urls[index] + call.path, **kwargs)
-            except RETRY_EXCEPTIONS as exc:
+                reply = await self._connections.request(self.pool.urls[index], call.method, path, body, headers,
+                                                        per_phase)
+            except (ConnectFailed, ConnectionBroke) as exc:
                 attempts.failed_connecting(index, exc)
                 continue
-            except httpx.TimeoutException as exc:
-                raise Timeout(f"{call.method} {call.path}: no reply within the timeout ({exc})") from exc
-            result = attempts.reply(index, response, call)
+            except ReplyTimeout as exc:
+                raise Timeout(f"{call.method} {call.path}: no reply within {per_phase:g} s ({exc})") from exc
+            result = attempts.reply(index, reply, call)
             if result is not RETRY:
                 return result
 
@@ -85,7 +93,7 @@ class AsyncClient(ApiCalls):
         return [r for reply in replies for r in reply]
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._connections.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -31,7 +31,8 @@ HEAVY = ["numpy", "pyarrow", "sklearn", "torch", "ray", "onnxruntime", "scipy", 
 
 def test_import_pulls_in_no_heavy_library():
     """pam.client imports with numpy, pyarrow, scikit-learn, torch, Ray and ONNX Runtime made
-    unimportable, and afterwards none of them is loaded (only the standard library and httpx)."""
+    unimportable, and afterwards nothing but the standard library is loaded (httpx comes when an
+    upload's multipart body is encoded)."""
     code = f"""
 import importlib.abc, json, sys
 BLOCK = {HEAVY!r}
@@ -48,8 +49,7 @@ print(json.dumps(third))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert not loaded & set(HEAVY), loaded
-    assert "httpx" in loaded
+    assert not {m for m in loaded if not m.startswith("_")}, loaded  # site's own hooks are "_..."
 
 
 def test_the_whole_api_through_the_client(service):

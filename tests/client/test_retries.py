@@ -156,8 +156,54 @@ def test_async_client_retries_and_fails_over(service):
 
 def test_a_kept_alive_connection_the_server_closed_is_not_a_failure(service):
     """uvicorn closes a connection idle for 5 s; the next call, even with no retries left to it,
-    goes out on a fresh connection instead of failing."""
-    with Client(service["url"], retries=0) as client:
-        assert client.health() == {"status": "ok"}
-        time.sleep(6.5)
-        assert client.health() == {"status": "ok"}
+    goes out on a fresh connection instead of failing (sync and asyncio)."""
+
+    async def main():
+        async with AsyncClient(service["url"], retries=0) as aclient:
+            with Client(service["url"], retries=0) as client:
+                first = [client.health(), await aclient.health()]
+                await asyncio.sleep(6.5)
+                return first + [client.health(), await aclient.health()]
+
+    assert asyncio.run(main()) == [{"status": "ok"}] * 4
+
+
+REPLIES = {
+    "chunked, with a trailer": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+                               b"7\r\n{\"statu\r\n9\r\ns\": \"ok\"}\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    "HTTP/1.0, to the end of the connection": b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"
+                                              b'{"status": "ok"}',
+    "kept alive": b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{\"status\": \"ok\"}",
+}
+
+
+@pytest.mark.parametrize("kind", list(REPLIES))
+def test_the_asyncio_client_reads_every_framing_of_a_reply(kind):
+    """Replies framed by chunks (trailers skipped), by the end of the connection, or by length;
+    three calls in a row, on kept-alive connections where the reply allows."""
+    connections = []
+
+    async def main():
+        async def answer(reader, writer):
+            connections.append(writer)
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                       if line.lower().startswith(b"content-length")), b"0"))
+                    await reader.readexactly(length)
+                    writer.write(REPLIES[kind])
+                    await writer.drain()
+                    if b"HTTP/1.0" in REPLIES[kind]:
+                        writer.close()
+                        return
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with server, AsyncClient(url, retries=0) as client:
+            return [await client.health() for _ in range(3)]
+
+    assert asyncio.run(main()) == [{"status": "ok"}] * 3
+    assert len(connections) == (3 if "HTTP/1.0" in kind else 1)
