@@ -163,7 +163,7 @@ def test_a_kept_alive_connection_the_server_closed_is_not_a_failure(service):
             with Client(service["url"], retries=0) as client:
                 first = [client.health(), await aclient.health()]
                 await asyncio.sleep(6.5)
-                return first + [client.health(), await aclient.health()]
+                return [*first, client.health(), await aclient.health()]
 
     assert asyncio.run(main()) == [{"status": "ok"}] * 4
 
@@ -177,8 +177,9 @@ REPLIES = {
 }
 
 
+@pytest.mark.parametrize("client_kind", ["sync", "asyncio"])
 @pytest.mark.parametrize("kind", list(REPLIES))
-def test_the_asyncio_client_reads_every_framing_of_a_reply(kind):
+def test_both_clients_read_every_framing_of_a_reply(kind, client_kind):
     """Replies framed by chunks (trailers skipped), by the end of the connection, or by length;
     three calls in a row, on kept-alive connections where the reply allows."""
     connections = []
@@ -202,8 +203,12 @@ def test_the_asyncio_client_reads_every_framing_of_a_reply(kind):
 
         server = await asyncio.start_server(answer, "127.0.0.1", 0)
         url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        async with server, AsyncClient(url, retries=0) as client:
-            return [await client.health() for _ in range(3)]
+        async with server:
+            if client_kind == "sync":
+                with Client(url, retries=0) as client:
+                    return await asyncio.to_thread(lambda: [client.health() for _ in range(3)])
+            async with AsyncClient(url, retries=0) as client:
+                return [await client.health() for _ in range(3)]
 
     assert asyncio.run(main()) == [{"status": "ok"}] * 3
     assert len(connections) == (3 if "HTTP/1.0" in kind else 1)

@@ -30,7 +30,7 @@ def test_bench_search_quick(tmp_path):
         assert window["asyncio"]["search_rerank"]["n"] > 0 and window["asyncio"]["capacity_per_s"] > 0
         assert window["open_loop_frozen_heap"]["search_rerank"]["n"] > 0
     overhead = summary["client_overhead_1000"]
-    assert {"pam.client", "httpx by hand", "http.client by hand"} <= set(overhead)
+    assert {"pam.client", "socket by hand", "httpx by hand", "http.client by hand"} <= set(overhead)
     assert set(summary["target_window_200"]) >= {"one_connection", "open_loop_threads",
                                                  "open_loop_threads_frozen_heap", "open_loop_asyncio_frozen_heap"}
     assert "target at window 200, open loop threads frozen heap" in run.stdout and "client, rerank of 1,000" in run.stdout
