@@ -390,7 +390,10 @@ def direct_ingress_env(base_port: int, span: int = 12) -> dict[str, str]:
 
 
 def find_replica_ports(host: str, low: int, high: int, expect: int = 1, timeout_s: float = 60) -> list[str]:
-    """Base URLs of this service's replicas among direct-ingress ports (they answer /v1/healthz)."""
+    """Base URLs of this service's replicas among direct-ingress ports (they answer /v1/healthz).
+    Another process may hold a port of the range (Ray binds ports of its own while it starts): what
+    answers anything else, or not in HTTP at all, is not a replica."""
+    import http.client
     import urllib.request
 
     found: set[str] = set()
@@ -402,7 +405,7 @@ def find_replica_ports(host: str, low: int, high: int, expect: int = 1, timeout_
                 with urllib.request.urlopen(f"{base}{m.API_PREFIX}/healthz", timeout=2) as response:
                     if response.read() == b'{"status":"ok"}':
                         found.add(base)
-            except OSError:
+            except (OSError, http.client.HTTPException, ValueError):
                 continue
         if len(found) >= expect or time.time() > deadline:
             return sorted(found)
