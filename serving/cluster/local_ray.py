@@ -91,15 +91,20 @@ def lower_background_priority(niceness: int = 19, pid: int | None = None) -> lis
         script = next((a for a in argv[1:] if not a.startswith("-")), "") if "python" in argv[0] else ""
         if not any(argv[0] == name or script.endswith(name) for name in BACKGROUND_PROCESSES):
             continue
-        try:
-            threads = [int(t) for t in os.listdir(f"/proc/{child}/task")]
-        except OSError:
-            continue
-        for thread in threads:
+        done: set[int] = set()
+        for _ in range(5):  # a thread started while these were listed inherits its creator's value
             try:
-                os.setpriority(os.PRIO_PROCESS, thread, niceness)
-            except OSError:  # gone since, or not this user's
-                pass
+                threads = {int(t) for t in os.listdir(f"/proc/{child}/task")} - done
+            except OSError:
+                break
+            if not threads:
+                break
+            for thread in threads:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, thread, niceness)
+                except OSError:  # gone since, or not this user's
+                    pass
+            done |= threads
         lowered.append(child)
     return lowered
 
