@@ -2,8 +2,8 @@
 asyncio streams for the asyncio one; one framing of replies (length, chunks, end of connection).
 
 Each request goes out in one write (with TCP_NODELAY) and its reply is read with a parser of a
-few lines: for a re-rank of 200, 240 us of client CPU where http.client (its email-based header
-parser, buffered file reads) took 430 and httpx more. On asyncio, httpx's stack (anyio, httpcore, a
+few lines: for a re-rank of 200, ~330 us of client CPU where http.client (its email-based header
+parser, buffered file reads) took 430-480 and httpx more. On asyncio, httpx's stack (anyio, httpcore, a
 pure-Python parser) costs several times the CPU of a stream write and a read of the reply, and
 its pool's bookkeeping grows with the requests waiting in it: a search front-end's loop fell
 behind for good at 320 queries/s on 2 shared cores. httpx still encodes the multipart bodies of
@@ -15,6 +15,7 @@ time (not retried).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import ssl
@@ -194,7 +195,9 @@ async def _async_body(reader: asyncio.StreamReader, headers: Headers) -> bytes:
         return done.value
 
 
+@functools.cache
 def _tls_context() -> ssl.SSLContext:
+    """One context for every pool (it loads the system's CA certificates once)."""
     return ssl.create_default_context()
 
 
@@ -205,7 +208,6 @@ class ConnectionPool:
         self.max_idle = max_idle
         self._idle: dict[str, list[_SocketReader]] = {}
         self._lock = threading.Lock()
-        self._tls: ssl.SSLContext | None = None
 
     def request(self, base: str, method: str, path: str, body: bytes | None, headers: dict,
                 timeout: float, deadline: float | None = None) -> Reply:
@@ -225,9 +227,7 @@ class ConnectionPool:
             sock = socket.create_connection((parts.hostname, parts.port or (443 if tls else 80)), timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls:
-                if self._tls is None:
-                    self._tls = _tls_context()
-                sock = self._tls.wrap_socket(sock, server_hostname=parts.hostname)
+                sock = _tls_context().wrap_socket(sock, server_hostname=parts.hostname)
         except OSError as exc:  # refused, unreachable, DNS, TLS, connect timeout
             raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
         return _SocketReader(sock)
@@ -291,7 +291,6 @@ class AsyncConnectionPool:
     def __init__(self, max_idle: int = 100):
         self.max_idle = max_idle
         self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
-        self._tls: ssl.SSLContext | None = None
 
     async def request(self, base: str, method: str, path: str, body: bytes | None, headers: dict,
                       timeout: float) -> Reply:
@@ -303,11 +302,7 @@ class AsyncConnectionPool:
 
     async def _connect(self, base: str, timeout: float):
         parts = urlsplit(base)
-        tls = None
-        if parts.scheme == "https":
-            if self._tls is None:
-                self._tls = _tls_context()
-            tls = self._tls
+        tls = _tls_context() if parts.scheme == "https" else None
         port = parts.port or (443 if tls else 80)
         try:
             async with asyncio.timeout(timeout):

@@ -10,7 +10,32 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 
-class FlakyProxy:
+class _QuietHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
+class _LocalServer:
+    """A threaded HTTP server on 127.0.0.1 for `handler`, serving inside `with`."""
+
+    def _listen(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FlakyProxy(_LocalServer):
     """Forwards to `upstream` except for the first `fail_first` requests, which get `status` (with
     `retry_after` when given), or are forwarded and then dropped without a reply (`drop=True`: the
     service did the work, the client never heard back), or stall `stall_s` before the answer."""
@@ -24,12 +49,7 @@ class FlakyProxy:
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(_QuietHandler):
             def _handle(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with outer.lock:
@@ -63,10 +83,7 @@ class FlakyProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._listen(Handler)
 
     def forward(self, method: str, path: str, body: bytes, headers) -> tuple[int, list, bytes]:
         conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
@@ -82,16 +99,9 @@ class FlakyProxy:
     def count(self) -> int:
         return len(self.seen)
 
-    def __enter__(self) -> FlakyProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
-class TrickleServer:
+class TrickleServer(_LocalServer):
     """Answers every request 200 with a JSON body sent one byte every `gap_s` (each read of the
     reply comes quickly; the whole reply takes len(body) * gap_s)."""
 
@@ -99,12 +109,7 @@ class TrickleServer:
         self.body, self.gap_s = body, gap_s
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(_QuietHandler):
             def _handle(self):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 self.send_response(200)
@@ -122,15 +127,5 @@ class TrickleServer:
 
             do_GET = do_POST = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._listen(Handler)
 
-    def __enter__(self) -> TrickleServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
